@@ -1,0 +1,369 @@
+"""Checkpoint reading and writing: every format a DialoGPT user meets, loaded strictly.
+
+Formats read (plain or sharded with their `*.index.json`):
+- `tf_model.h5` written by HF transformers' TF classes, in both layouts on the hub: the 2020
+  files (`tfgp_t2lm_head_model/.../wte/weight:0`) and today's (`tfgpt2lm_head_model/.../
+  wte/embeddings:0`);
+- `model.safetensors` written by PyTorch (`transformer.h.0.attn.c_attn.weight`) or by TF
+  (`transformer/h_._0/attn/c_attn/weight:0`).
+
+Every tensor name is reduced to one canonical spelling (PyTorch's, without the `transformer.`
+prefix: `h.0.attn.c_attn.weight`, `wte.weight`, `ln_f.bias`), checked against the names and
+shapes the config implies, and only then assigned. A missing, unexpected or mis-shaped
+tensor raises one `CheckpointError` that lists them all; a model is never half loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from tfdialogpt.config import ConfigError, DialoGPTConfig
+
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+TF_WEIGHTS_NAME = "tf_model.h5"
+TF_WEIGHTS_INDEX_NAME = "tf_model.h5.index.json"
+CONFIG_NAME = "config.json"
+# Order of preference when a directory or hub repo holds several formats.
+WEIGHT_FILES = (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, TF_WEIGHTS_NAME, TF_WEIGHTS_INDEX_NAME)
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
+
+# Scope of HF's TFGPT2LMHeadModel as transformers 4.x writes it; the loader ignores the scope.
+_HF_TF_SCOPE = "tfgpt2lm_head_model/transformer"
+# Buffers some PyTorch checkpoints carry: not weights.
+_IGNORED = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+_MAX_LISTED = 10
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as asked: missing, malformed or not matching."""
+
+
+# ---- names -----------------------------------------------------------------------------------
+
+
+def canonical_name(name: str) -> str | None:
+    """Reduces any checkpoint spelling of a weight to `h.0.attn.c_attn.weight` style.
+
+    Returns None for a name that holds no GPT-2 weight we know of.
+    """
+    name = name.removesuffix(":0")
+    parts = re.split(r"[/.]", name.replace("h_._", "h."))
+    for start, part in enumerate(parts):
+        if part in ("wte", "wpe", "ln_f") or (part == "h" and start + 1 < len(parts) and parts[start + 1].isdigit()):
+            break
+    else:
+        return "lm_head.weight" if parts[-2:] == ["lm_head", "weight"] else None
+    parts = parts[start:]
+    rename = {"gamma": "weight", "beta": "bias", "embeddings": "weight"}
+    parts[-1] = rename.get(parts[-1], parts[-1])
+    return ".".join(parts)
+
+
+def expected_shapes(config: DialoGPTConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical name -> shape for every weight the config implies (148 for the small shape)."""
+    c, f = config.hidden_size, config.mlp_size
+    shapes = {"wte.weight": (config.vocab_size, c), "wpe.weight": (config.max_positions, c)}
+    for i in range(config.num_layers):
+        p = f"h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (c,), p + "ln_1.bias": (c,),
+            p + "attn.c_attn.weight": (c, 3 * c), p + "attn.c_attn.bias": (3 * c,),
+            p + "attn.c_proj.weight": (c, c), p + "attn.c_proj.bias": (c,),
+            p + "ln_2.weight": (c,), p + "ln_2.bias": (c,),
+            p + "mlp.c_fc.weight": (c, f), p + "mlp.c_fc.bias": (f,),
+            p + "mlp.c_proj.weight": (f, c), p + "mlp.c_proj.bias": (c,),
+        })  # fmt: skip
+    shapes.update({"ln_f.weight": (c,), "ln_f.bias": (c,)})
+    return shapes
+
+
+def model_variables(model) -> dict[str, object]:
+    """Canonical name -> the model's Keras variable (the name table)."""
+    table = {"wte.weight": model.wte.embeddings, "wpe.weight": model.wpe.embeddings}
+    for i, block in enumerate(model.h):
+        p = f"h.{i}."
+        for ln_name in ("ln_1", "ln_2"):
+            ln = getattr(block, ln_name)
+            table[p + ln_name + ".weight"], table[p + ln_name + ".bias"] = ln.gamma, ln.beta
+        for sub, proj in (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj")):
+            layer = getattr(getattr(block, sub), proj)
+            table[f"{p}{sub}.{proj}.weight"], table[f"{p}{sub}.{proj}.bias"] = layer.weight, layer.bias
+    table["ln_f.weight"], table["ln_f.bias"] = model.ln_f.gamma, model.ln_f.beta
+    return table
+
+
+def _hf_tf_name(canonical: str) -> str:
+    """`h.0.attn.c_attn.weight` -> `h_._0/attn/c_attn/weight:0` (TF Keras 2 variable names)."""
+    parts = canonical.split(".")
+    if parts[0] == "h":
+        parts = [f"h_._{parts[1]}"] + parts[2:]
+    if parts[0] in ("wte", "wpe"):
+        parts[-1] = "embeddings"
+    elif parts[-2] in ("ln_1", "ln_2", "ln_f"):
+        parts[-1] = {"weight": "gamma", "bias": "beta"}[parts[-1]]
+    return "/".join(parts) + ":0"
+
+
+# ---- readers -----------------------------------------------------------------------------------
+
+
+def _add(tensors: dict[str, np.ndarray], raw_name: str, value: np.ndarray, source: str) -> None:
+    name = canonical_name(raw_name)
+    if name is None:
+        raise CheckpointError(f"{source} holds an unexpected tensor `{raw_name}` that is not a GPT-2 weight")
+    if name in tensors:
+        raise CheckpointError(f"{source} holds `{name}` twice (the second as `{raw_name}`)")
+    tensors[name] = value
+
+
+def read_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All weights of a HF-layout Keras h5 file (one shard or a whole checkpoint)."""
+    tensors: dict[str, np.ndarray] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            datasets: list[tuple[str, h5py.Dataset]] = []
+            f.visititems(lambda n, obj: datasets.append((n, obj)) if isinstance(obj, h5py.Dataset) else None)
+            for raw_name, dataset in datasets:
+                _add(tensors, raw_name, dataset[()], str(path))
+    except (OSError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read {path}: {err} (truncated or not an HDF5 checkpoint?)") from None
+    return tensors
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All weights of a safetensors file written by PyTorch or by TF."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        raw = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read {path}: {err} (truncated or not a safetensors file?)") from None
+    tensors: dict[str, np.ndarray] = {}
+    for raw_name, value in raw.items():
+        _add(tensors, raw_name, value, str(path))
+    return tensors
+
+
+def _read_any(path: Path) -> dict[str, np.ndarray]:
+    return read_safetensors(path) if path.suffix == ".safetensors" else read_h5(path)
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads a weights file, or every shard listed by a `*.index.json`, into canonical names."""
+    path = Path(path)
+    if not path.name.endswith(".index.json"):
+        return _read_any(path)
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"cannot read shard index {path}: {err}") from None
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = path.parent / shard
+        if not shard_path.is_file():
+            raise CheckpointError(f"{path.name} lists the shard {shard}, which is not in {path.parent}")
+        for name, value in _read_any(shard_path).items():
+            if name in tensors:
+                raise CheckpointError(f"`{name}` appears in more than one shard of {path}")
+            tensors[name] = value
+    return tensors
+
+
+def _listing(names: Iterable[str]) -> str:
+    names = sorted(names)
+    shown = ", ".join(f"`{n}`" for n in names[:_MAX_LISTED])
+    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def check_weights(tensors: dict[str, np.ndarray], config: DialoGPTConfig, source: str) -> dict[str, np.ndarray]:
+    """Validates names and shapes against the config; returns tensors ready to assign.
+
+    TF checkpoints store biases as (1, n): they are flattened. An `lm_head.weight` must equal
+    `wte.weight` (GPT-2 ties them).
+    """
+    expected = expected_shapes(config)
+    tensors = {k: v for k, v in tensors.items() if not _IGNORED.match(k)}
+    lm_head = tensors.pop("lm_head.weight", None)
+    problems = []
+    missing = expected.keys() - tensors.keys()
+    unexpected = tensors.keys() - expected.keys()
+    if missing:
+        problems.append(f"missing {len(missing)}: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)}: {_listing(unexpected)}")
+    ready, misshaped = {}, []
+    for name in expected.keys() & tensors.keys():
+        value = tensors[name]
+        if value.ndim == 2 and value.shape[0] == 1 and len(expected[name]) == 1:
+            value = value.reshape(-1)
+        if tuple(value.shape) != expected[name]:
+            misshaped.append(f"`{name}` is {tuple(value.shape)}, expected {expected[name]}")
+        ready[name] = value
+    if misshaped:
+        problems.append("wrong shape: " + "; ".join(sorted(misshaped)[:_MAX_LISTED]))
+    if lm_head is not None and not problems and not np.array_equal(lm_head, ready["wte.weight"]):
+        problems.append("`lm_head.weight` differs from `wte.weight`; only a tied LM head is supported")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {source} does not match its config ({config.num_layers} layers, "
+            f"hidden {config.hidden_size}, vocab {config.vocab_size}; expected {len(expected)} "
+            f"tensors, found {len(tensors)}): " + " | ".join(problems)
+        )
+    return ready
+
+
+def assign_weights(model, tensors: dict[str, np.ndarray]) -> None:
+    """Assigns already-checked tensors to every variable of `model`."""
+    table = model_variables(model)
+    if table.keys() != tensors.keys():
+        raise CheckpointError(f"internal: name table and tensors differ: {_listing(table.keys() ^ tensors.keys())}")
+    for name, variable in table.items():
+        variable.assign(tensors[name].astype(variable.dtype))
+
+
+# ---- locating checkpoints ------------------------------------------------------------------------
+
+
+def _weights_in_dir(directory: Path) -> Path:
+    for filename in WEIGHT_FILES:
+        if (directory / filename).is_file():
+            return directory / filename
+    raise CheckpointError(f"no checkpoint in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _hub_download(repo_id: str, filename: str, **hub_kwargs) -> Path | None:
+    """One file from the hub (or its cache); None when the repo does not have it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, **hub_kwargs))
+    except EntryNotFoundError:
+        return None
+    except LocalEntryNotFoundError:
+        return None
+
+
+def resolve(name_or_path: str | os.PathLike, cache_dir=None, revision=None, token=None,
+            local_files_only=False) -> tuple[Path, Path]:
+    """Finds (config.json, weights file or index) for a directory, `"default"` or a hub id.
+
+    Hub ids go through `huggingface_hub`: downloads show its progress bar, land in its cache
+    (`cache_dir` or HF_HUB_CACHE) and `HF_HUB_OFFLINE=1` is honoured.
+    """
+    if str(name_or_path) == "default":
+        directory = DEFAULT_MODEL_DIR
+        if not (directory / CONFIG_NAME).is_file():
+            raise CheckpointError(f"the embedded default model is missing from {directory}")
+        return directory / CONFIG_NAME, _weights_in_dir(directory)
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{path} has no {CONFIG_NAME}")
+        return path / CONFIG_NAME, _weights_in_dir(path)
+    if path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
+        raise CheckpointError(f"{name_or_path} is not a checkpoint directory")
+    return _resolve_hub(str(name_or_path), cache_dir=cache_dir, revision=revision, token=token,
+                        local_files_only=local_files_only)
+
+
+def _resolve_hub(repo_id: str, **hub_kwargs) -> tuple[Path, Path]:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    offline = constants.HF_HUB_OFFLINE or hub_kwargs.get("local_files_only")
+    where = "in the local hub cache (offline mode)" if offline else "on the hub"
+    try:
+        config_path = _hub_download(repo_id, CONFIG_NAME, **hub_kwargs)
+        if config_path is None:
+            raise CheckpointError(f"could not find {CONFIG_NAME} for {repo_id!r} {where}")
+        for filename in WEIGHT_FILES:
+            weights = _hub_download(repo_id, filename, **hub_kwargs)
+            if weights is None:
+                continue
+            if filename.endswith(".index.json"):
+                for shard in sorted(set(json.loads(weights.read_text())["weight_map"].values())):
+                    if _hub_download(repo_id, shard, **hub_kwargs) is None:
+                        raise CheckpointError(f"shard {shard} of {repo_id!r} is not available {where}")
+            return config_path, weights
+    except (HFValidationError, HfHubHTTPError) as err:
+        raise CheckpointError(f"cannot load {repo_id!r} from the hub: {err}") from None
+    raise CheckpointError(f"no checkpoint for {repo_id!r} {where}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+# ---- loading and saving ----------------------------------------------------------------------------
+
+
+def load_pretrained(model_cls, name_or_path, *, config: DialoGPTConfig | None = None, cache_dir=None,
+                    revision=None, token=None, local_files_only=False, **model_kwargs):
+    """Builds `model_cls(config)` and loads a checkpoint into it, strictly.
+
+    Args:
+        name_or_path: a directory (config.json + weights), a hub id, or "default".
+        config: overrides the checkpoint's config.json (must still match the weights).
+        cache_dir, revision, token, local_files_only: passed to `huggingface_hub`.
+    Raises:
+        CheckpointError: no checkpoint, unreadable file, or weights that do not match.
+    """
+    config_path, weights_path = resolve(name_or_path, cache_dir=cache_dir, revision=revision,
+                                        token=token, local_files_only=local_files_only)
+    if config is None:
+        try:
+            config = DialoGPTConfig.from_json_file(config_path)
+        except ConfigError as err:
+            raise CheckpointError(f"bad {config_path}: {err}") from None
+    tensors = check_weights(read_weights(weights_path), config, str(weights_path))
+    model = model_cls(config, **model_kwargs)
+    assign_weights(model, tensors)
+    return model
+
+
+def _numpy_weights(model) -> dict[str, np.ndarray]:
+    return {name: np.asarray(v.numpy(), dtype=np.float32) for name, v in model_variables(model).items()}
+
+
+def save_pretrained(model, directory, *, safe_serialization: bool = False, tokenizer=None) -> None:
+    """Writes `config.json` and `tf_model.h5` in HF's TF layout; optionally also a
+    PyTorch-layout `model.safetensors`, and the tokenizer files.
+
+    transformers' `TFGPT2LMHeadModel.from_pretrained(directory)` loads the h5 (and
+    `GPT2LMHeadModel.from_pretrained(directory)` the safetensors) with the same logits.
+    """
+    import keras
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save(directory)
+    weights = _numpy_weights(model)
+    tmp = directory / (TF_WEIGHTS_NAME + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = keras.__version__
+        f.attrs["layer_names"] = np.array([b"transformer"], dtype=object)
+        f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype=np.float64)
+        group = f.create_group("transformer")
+        names = []
+        for name, value in weights.items():
+            tf_name = f"{_HF_TF_SCOPE}/{_hf_tf_name(name)}"
+            if ".c_" in name and name.endswith(".bias"):
+                value = value.reshape(1, -1)  # HF TF Conv1D biases are (1, n)
+            group.create_dataset(tf_name, data=value)
+            names.append(tf_name.encode("utf8"))
+        group.attrs["weight_names"] = np.array(names, dtype=object)
+    os.replace(tmp, directory / TF_WEIGHTS_NAME)
+    if safe_serialization:
+        from safetensors.numpy import save_file
+
+        pt = {f"transformer.{name}": np.ascontiguousarray(value) for name, value in weights.items()}
+        save_file(pt, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)

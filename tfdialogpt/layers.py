@@ -1,0 +1,153 @@
+"""GPT-2 building blocks: fused-projection attention with a preallocated KV cache, MLP, block.
+
+Sublayer and weight names follow the checkpoints (`attn/c_attn/weight`, `ln_1/gamma`, ...), so
+the name table in `checkpoint.py` is a plain string mapping. Everything here is stock TF ops:
+the same code runs eagerly, in a plain graph (TF Serving without XLA) and under XLA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tfdialogpt.config import DialoGPTConfig
+
+# Additive attention bias for masked keys; large but finite, so a fully masked row (a left-pad
+# query) gives a uniform softmax rather than NaN.
+MASKED_BIAS = -1e9
+
+
+class Conv1D(keras.layers.Layer):
+    """GPT-2's "Conv1D": a dense projection whose kernel is stored (in, out), named `weight`."""
+
+    def __init__(self, units: int, initializer_range: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.initializer_range = initializer_range
+
+    def build(self, input_shape):
+        self.weight = self.add_weight(
+            name="weight",
+            shape=(input_shape[-1], self.units),
+            initializer=keras.initializers.RandomNormal(stddev=self.initializer_range),
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+
+    def call(self, x):
+        # A 2-D matmul: the one-token decode step is a [B, C] x [C, N] GEMM, which CPU XLA
+        # handles far better than a 3-D einsum.
+        leading = tf.shape(x)[:-1]
+        x2d = tf.reshape(x, [-1, tf.shape(x)[-1]])
+        y = tf.matmul(x2d, tf.cast(self.weight, x.dtype)) + tf.cast(self.bias, x.dtype)
+        return tf.reshape(y, tf.concat([leading, [self.units]], axis=0))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "initializer_range": self.initializer_range}
+
+
+def update_cache(cache: tf.Tensor, new: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """Writes `new` [B, H, T, D] into `cache` [B, H, S, D] at sequence position `index`.
+
+    `TensorStridedSliceUpdate` is a stock TF op (runs without XLA, e.g. in TF Serving) and
+    lowers to an in-place `dynamic-update-slice` under XLA: no concat, no growth.
+    """
+    shape = tf.shape(cache)
+    index = tf.cast(index, tf.int32)
+    begin = tf.stack([0, 0, index, 0])
+    end = tf.stack([shape[0], shape[1], index + tf.shape(new)[2], shape[3]])
+    return tf.raw_ops.TensorStridedSliceUpdate(
+        input=cache, begin=begin, end=end, strides=tf.ones([4], tf.int32), value=new
+    )
+
+
+class Attention(keras.layers.Layer):
+    """Causal multi-head self-attention with a fused q/k/v projection (`c_attn`)."""
+
+    def __init__(self, config: DialoGPTConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = config.num_heads
+        self.head_size = config.head_size
+        self.hidden_size = config.hidden_size
+        self.c_attn = Conv1D(3 * config.hidden_size, config.initializer_range, name="c_attn")
+        # GPT-2 scales the residual projections' init by 1/sqrt(2 * num_layers).
+        proj_std = config.initializer_range / math.sqrt(2 * config.num_layers)
+        self.c_proj = Conv1D(config.hidden_size, proj_std, name="c_proj")
+        self.attn_dropout = keras.layers.Dropout(config.attention_dropout)
+        self.resid_dropout = keras.layers.Dropout(config.residual_dropout)
+
+    def build(self, input_shape):
+        self.c_attn.build(input_shape)
+        self.c_proj.build(input_shape[:-1] + (self.hidden_size,))
+
+    def call(self, x, bias, cache=None, cache_index=None, training=False):
+        """Args:
+            x: [B, T, C] hidden states of the new tokens.
+            bias: [B, 1, T, S] additive float32 mask (0 = attend, MASKED_BIAS = masked), where
+                S is T without a cache and the cache length with one.
+            cache: optional [2, B, H, S, D] keys and values; the new ones are written at
+                `cache_index` and attention runs over the whole buffer.
+        Returns:
+            ([B, T, C] output, updated cache or None).
+        """
+        B, T = tf.shape(x)[0], tf.shape(x)[1]
+        H, D = self.num_heads, self.head_size
+        qkv = self.c_attn(x)
+        qkv = tf.reshape(qkv, [B, T, 3, H, D])
+        qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, H, T, D]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if cache is not None:
+            k = update_cache(cache[0], k, cache_index)
+            v = update_cache(cache[1], v, cache_index)
+            cache = tf.stack([k, v])
+        scores = tf.matmul(q, k, transpose_b=True) * tf.cast(1.0 / math.sqrt(D), q.dtype)
+        scores = tf.cast(scores, tf.float32) + bias  # softmax in float32, also under mixed precision
+        probs = tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype)
+        probs = self.attn_dropout(probs, training=training)
+        out = tf.matmul(probs, v)  # [B, H, T, D]
+        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [B, T, H * D])
+        return self.resid_dropout(self.c_proj(out), training=training), cache
+
+
+class MLP(keras.layers.Layer):
+    """Position-wise feed-forward: `c_fc` -> tanh-approximated GELU (GPT-2's) -> `c_proj`."""
+
+    def __init__(self, config: DialoGPTConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = config.hidden_size
+        self.mlp_size = config.mlp_size
+        self.c_fc = Conv1D(config.mlp_size, config.initializer_range, name="c_fc")
+        proj_std = config.initializer_range / math.sqrt(2 * config.num_layers)
+        self.c_proj = Conv1D(config.hidden_size, proj_std, name="c_proj")
+        self.dropout = keras.layers.Dropout(config.residual_dropout)
+
+    def build(self, input_shape):
+        self.c_fc.build(input_shape)
+        self.c_proj.build(input_shape[:-1] + (self.mlp_size,))
+
+    def call(self, x, training=False):
+        h = keras.activations.gelu(self.c_fc(x), approximate=True)
+        return self.dropout(self.c_proj(h), training=training)
+
+
+class Block(keras.layers.Layer):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: DialoGPTConfig, **kwargs):
+        super().__init__(**kwargs)
+        eps = config.layer_norm_epsilon
+        self.ln_1 = keras.layers.LayerNormalization(epsilon=eps, name="ln_1")
+        self.attn = Attention(config, name="attn")
+        self.ln_2 = keras.layers.LayerNormalization(epsilon=eps, name="ln_2")
+        self.mlp = MLP(config, name="mlp")
+
+    def build(self, input_shape):
+        for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
+            layer.build(input_shape)
+
+    def call(self, x, bias, cache=None, cache_index=None, training=False):
+        a, cache = self.attn(self.ln_1(x), bias, cache=cache, cache_index=cache_index, training=training)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x), training=training)
+        return x, cache

@@ -1,0 +1,182 @@
+"""DialoGPT: GPT-2 as a Keras 3 model (TF backend), readable top to bottom.
+
+token + position embeddings -> `h_0 .. h_{L-1}` pre-LN blocks -> `ln_f` -> LM head tied to `wte`.
+
+Two ways in:
+- `model(input_ids, attention_mask=mask)` -> logits [B, T, vocab] (training, scoring).
+- `model.call_with_cache(input_ids, cache, cache_index, attention_mask)` -> (logits, cache):
+  the cache is preallocated by `init_cache` and written at `cache_index`; its logits equal the
+  full pass. Generation (in `tfdialogpt.generation`) drives this path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+
+from tfdialogpt.config import DialoGPTConfig
+from tfdialogpt.layers import MASKED_BIAS, Block
+
+
+def positions_from_mask(attention_mask: tf.Tensor) -> tf.Tensor:
+    """Position ids [B, S] that count only real tokens: left padding shifts no position."""
+    mask = tf.cast(attention_mask, tf.int32)
+    return tf.maximum(tf.cumsum(mask, axis=1) - 1, 0)
+
+
+def attention_bias(key_mask: tf.Tensor, query_start, num_queries) -> tf.Tensor:
+    """Additive float32 bias [B, 1, T, S]: causal, and masked where `key_mask` [B, S] is 0.
+
+    Query t sits at absolute position `query_start + t` among the S keys.
+    """
+    S = tf.shape(key_mask)[1]
+    query_pos = tf.range(num_queries) + tf.cast(query_start, tf.int32)  # [T]
+    causal = tf.range(S)[None, :] <= query_pos[:, None]  # [T, S]
+    allowed = tf.logical_and(causal[None, :, :], tf.cast(key_mask, tf.bool)[:, None, :])
+    return tf.where(allowed, 0.0, MASKED_BIAS)[:, None, :, :]
+
+
+class DialoGPT(keras.Model):
+    """GPT-2 language model with DialoGPT's conventions (`<|endoftext|>` separates turns).
+
+    Args:
+        config: the architecture (`DialoGPTConfig.preset("small")` etc.).
+
+    Example:
+        >>> model = DialoGPT.from_pretrained("microsoft/DialoGPT-small")  # doctest: +SKIP
+        >>> logits = model(input_ids, attention_mask=mask)  # [B, T, vocab], float32
+    """
+
+    def __init__(self, config: DialoGPTConfig, **kwargs):
+        kwargs.setdefault("name", "dialogpt")
+        super().__init__(**kwargs)
+        self.config = config
+        init = keras.initializers.RandomNormal(stddev=config.initializer_range)
+        self.wte = keras.layers.Embedding(
+            config.vocab_size, config.hidden_size, embeddings_initializer=init, name="wte"
+        )
+        self.wpe = keras.layers.Embedding(
+            config.max_positions, config.hidden_size, embeddings_initializer=init, name="wpe"
+        )
+        self.drop = keras.layers.Dropout(config.embedding_dropout)
+        self.h = [Block(config, name=f"h_{i}") for i in range(config.num_layers)]
+        self.ln_f = keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name="ln_f")
+        self.build_all()
+
+    def build_all(self) -> None:
+        """Creates every variable now, so loading can assign them before any call."""
+        hidden_shape = (None, None, self.config.hidden_size)
+        self.wte.build((None, None))
+        self.wpe.build((None, None))
+        for block in self.h:
+            block.build(hidden_shape)
+        self.ln_f.build(hidden_shape)
+        self.built = True
+
+    # ---- forward ---------------------------------------------------------------------------------
+    def _forward(self, input_ids, attention_mask, position_ids, cache, cache_index, training):
+        """Returns (final hidden states [B, T, C] after ln_f, updated cache or None)."""
+        input_ids = tf.convert_to_tensor(input_ids)
+        B, T = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
+        if cache is None:
+            key_mask = tf.ones([B, T], tf.int32) if attention_mask is None else attention_mask
+            query_start = 0
+        else:
+            # The mask covers the whole preallocated buffer; rows of it past the new tokens are
+            # never attended to (causal), so their values do not matter.
+            key_mask = tf.ones([B, tf.shape(cache)[4]], tf.int32) if attention_mask is None else attention_mask
+            query_start = cache_index
+        if position_ids is None:
+            position_ids = positions_from_mask(key_mask)[:, query_start : query_start + T]
+        bias = attention_bias(key_mask, query_start, T)
+
+        x = self.wte(input_ids) + self.wpe(position_ids)
+        x = self.drop(x, training=training)
+        new_layers = []
+        for i, block in enumerate(self.h):
+            layer_cache = None if cache is None else cache[i]
+            x, layer_cache = block(x, bias, cache=layer_cache, cache_index=cache_index, training=training)
+            new_layers.append(layer_cache)
+        new_cache = None if cache is None else tf.stack(new_layers)
+        return self.ln_f(x), new_cache
+
+    def lm_head(self, hidden: tf.Tensor) -> tf.Tensor:
+        """Logits [..., vocab] in float32 from hidden states, with the head tied to `wte`."""
+        embeddings = tf.cast(self.wte.embeddings, hidden.dtype)
+        logits = tf.matmul(tf.reshape(hidden, [-1, self.config.hidden_size]), embeddings, transpose_b=True)
+        shape = tf.concat([tf.shape(hidden)[:-1], [self.config.vocab_size]], axis=0)
+        return tf.cast(tf.reshape(logits, shape), tf.float32)
+
+    def call(self, inputs, attention_mask=None, position_ids=None, training=False):
+        """Logits [B, T, vocab] (float32).
+
+        Args:
+            inputs: `input_ids` int [B, T], or a dict with `input_ids` and optionally
+                `attention_mask` / `position_ids` (the form `fit` feeds).
+            attention_mask: [B, T], 1 for tokens and 0 for padding (left or right).
+            position_ids: [B, T]; by default counted from the mask, so padding never shifts
+                a row's positions and each row's logits equal that row run alone.
+        """
+        if isinstance(inputs, dict):
+            attention_mask = inputs.get("attention_mask", attention_mask)
+            position_ids = inputs.get("position_ids", position_ids)
+            inputs = inputs["input_ids"]
+        hidden, _ = self._forward(inputs, attention_mask, position_ids, None, None, training)
+        return self.lm_head(hidden)
+
+    def init_cache(self, batch_size, length, dtype=None) -> tf.Tensor:
+        """A zeroed KV cache [L, 2, B, H, S, D] with room for `length` positions."""
+        c = self.config
+        dtype = dtype or self.compute_dtype
+        return tf.zeros([c.num_layers, 2, batch_size, c.num_heads, length, c.head_size], dtype)
+
+    def call_with_cache(
+        self,
+        input_ids,
+        cache,
+        cache_index,
+        attention_mask=None,
+        position_ids=None,
+        return_hidden=False,
+        training=False,
+    ):
+        """Runs the new tokens `input_ids` [B, T] against a preallocated cache.
+
+        Args:
+            cache: [L, 2, B, H, S, D] from `init_cache` (or a previous call).
+            cache_index: int scalar, where the new tokens' keys/values are written.
+            attention_mask: [B, S] over the whole cache buffer (1 = real token).
+            return_hidden: return final hidden states [B, T, C] instead of logits, so a caller
+                that needs only the last position's logits can skip the rest of the head.
+        Returns:
+            (logits [B, T, vocab] float32 or hidden states, updated cache).
+        """
+        hidden, cache = self._forward(input_ids, attention_mask, position_ids, cache, cache_index, training)
+        return (hidden if return_hidden else self.lm_head(hidden)), cache
+
+    # ---- config / checkpoints ------------------------------------------------------------------
+    def get_config(self):
+        return {"config": self.config.to_hf_dict(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(DialoGPTConfig.from_hf_dict(config["config"]), name=config.get("name"))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> DialoGPT:
+        """Loads a checkpoint: a local directory, a hub id (`microsoft/DialoGPT-medium`),
+        or `"default"` for the small model embedded in this package.
+
+        See `tfdialogpt.checkpoint.load_pretrained` for the formats and keyword arguments.
+        """
+        from tfdialogpt import checkpoint
+
+        return checkpoint.load_pretrained(cls, name_or_path, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> None:
+        """Writes `config.json` and `tf_model.h5` in HF's layout (transformers loads it)."""
+        from tfdialogpt import checkpoint
+
+        checkpoint.save_pretrained(self, directory, **kwargs)
