@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine (see README.md):
+#   make demo   - creates .venv, installs tfdialogpt, runs the main job
+#   make test   - creates .venv with the test extra, runs ruff and the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= $(CURDIR)/.cache/demo
+
+.PHONY: demo test lint bench-generate bench-train clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	rm -rf $(DEMO_DIR)
+	$(BIN)/tfdialogpt init --preset small --output $(DEMO_DIR)/random-small
+	$(BIN)/tfdialogpt convert --model $(DEMO_DIR)/random-small --output $(DEMO_DIR)/converted --safetensors --no-tokenizer
+	$(BIN)/tfdialogpt info --model $(DEMO_DIR)/converted --check
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench-generate: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/generate.py
+
+bench-train: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/train.py
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,111 @@
+"""Logit parity with HF transformers (the reference implementation), cache and padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import FORMATS, TINY, padded_batch
+
+from tfdialogpt import DialoGPT
+
+TOL = 1e-4
+
+
+def masked_max_diff(a, b, mask):
+    return float(np.max(np.abs(a - b) * mask[..., None]))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_tiny_logits_equal_transformers(tiny_reference, fmt, side):
+    ids, mask = padded_batch(np.random.default_rng(0), TINY.vocab_size, [9, 4, 7], side=side)
+    model = DialoGPT.from_pretrained(tiny_reference.path(fmt))
+    ours = model(ids, attention_mask=mask).numpy()
+    assert ours.shape == (3, 9, TINY.vocab_size) and ours.dtype == np.float32
+    assert masked_max_diff(ours, tiny_reference.pt_logits(ids, mask), mask) < TOL
+    assert masked_max_diff(ours, tiny_reference.tf_logits(ids, mask), mask) < TOL
+
+
+@pytest.mark.slow
+def test_small_shape_logits_equal_transformers(small_reference):
+    """The full DialoGPT-small shape, from every format transformers writes."""
+    ids, mask = padded_batch(np.random.default_rng(1), 50257, [24, 11, 17], side="left")
+    pt_logits = small_reference.pt_logits(ids, mask)
+    tf_logits = small_reference.tf_logits(ids, mask)
+    for fmt in FORMATS:
+        model = DialoGPT.from_pretrained(small_reference.path(fmt))
+        ours = model(ids, attention_mask=mask).numpy()
+        assert masked_max_diff(ours, pt_logits, mask) < TOL, fmt
+        assert masked_max_diff(ours, tf_logits, mask) < TOL, fmt
+        del model
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_reference):
+    return DialoGPT.from_pretrained(tiny_reference.path("pt_safetensors"))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_rows_equal_rows_run_alone(tiny_model, side):
+    lengths = [10, 3, 6]
+    ids, mask = padded_batch(np.random.default_rng(2), TINY.vocab_size, lengths, side=side)
+    batch = tiny_model(ids, attention_mask=mask).numpy()
+    for row, n in enumerate(lengths):
+        span = slice(10 - n, 10) if side == "left" else slice(0, n)
+        alone = tiny_model(ids[row : row + 1, span]).numpy()[0]
+        np.testing.assert_allclose(batch[row, span], alone, atol=TOL)
+
+
+def test_cached_steps_equal_full_pass(tiny_model):
+    """Prefill a left-padded prompt, then feed one token at a time into a longer buffer."""
+    ids, mask = padded_batch(np.random.default_rng(3), TINY.vocab_size, [12, 5, 8], side="left")
+    full = tiny_model(ids, attention_mask=mask).numpy()
+    prompt = 6
+    buffer = 16  # longer than the sequence: the unused tail must not matter
+    cache_mask = np.concatenate([mask, np.ones((3, buffer - 12), np.int32)], axis=1)
+    cache = tiny_model.init_cache(3, buffer)
+    logits, cache = tiny_model.call_with_cache(ids[:, :prompt], cache, 0, attention_mask=cache_mask)
+    steps = [logits.numpy()]
+    for t in range(prompt, 12):
+        logits, cache = tiny_model.call_with_cache(ids[:, t : t + 1], cache, t, attention_mask=cache_mask)
+        steps.append(logits.numpy())
+    assert cache.shape == (TINY.num_layers, 2, 3, TINY.num_heads, buffer, TINY.head_size)
+    assert masked_max_diff(np.concatenate(steps, axis=1), full, mask) < TOL
+
+
+def test_cache_path_compiles_under_xla_and_matches(tiny_model):
+    ids, mask = padded_batch(np.random.default_rng(4), TINY.vocab_size, [7, 4], side="left")
+    full = tiny_model(ids, attention_mask=mask).numpy()
+
+    @tf.function(jit_compile=True)
+    def prefill(ids, mask):
+        cache = tiny_model.init_cache(2, 7)
+        return tiny_model.call_with_cache(ids, cache, 0, attention_mask=mask)
+
+    logits, _ = prefill(tf.constant(ids), tf.constant(mask))
+    assert masked_max_diff(logits.numpy(), full, mask) < TOL
+
+
+def test_hidden_states_and_head(tiny_model):
+    ids = np.arange(5, dtype=np.int32)[None]
+    hidden, _ = tiny_model.call_with_cache(ids, tiny_model.init_cache(1, 5), 0, return_hidden=True)
+    assert hidden.shape == (1, 5, TINY.hidden_size)
+    np.testing.assert_allclose(tiny_model.lm_head(hidden).numpy(), tiny_model(ids).numpy(), atol=1e-5)
+
+
+def test_dict_inputs_as_fit_feeds_them(tiny_model):
+    ids, mask = padded_batch(np.random.default_rng(5), TINY.vocab_size, [6, 2], side="right")
+    a = tiny_model({"input_ids": ids, "attention_mask": mask}).numpy()
+    b = tiny_model(ids, attention_mask=mask).numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_layer_names_follow_the_checkpoint(tiny_model):
+    paths = {v.path for v in tiny_model.weights}
+    for expected in ("wte/embeddings", "wpe/embeddings", "h_0/ln_1/gamma", "h_0/attn/c_attn/weight",
+                     "h_1/attn/c_proj/bias", "h_1/ln_2/beta", "h_1/mlp/c_fc/weight",
+                     "h_0/mlp/c_proj/weight", "ln_f/gamma"):
+        assert expected in paths
+    assert len(tiny_model.weights) == 4 + 12 * TINY.num_layers
+    assert sum(int(np.prod(v.shape)) for v in tiny_model.weights) == TINY.num_parameters
