@@ -109,3 +109,16 @@ def test_layer_names_follow_the_checkpoint(tiny_model):
         assert expected in paths
     assert len(tiny_model.weights) == 4 + 12 * TINY.num_layers
     assert sum(int(np.prod(v.shape)) for v in tiny_model.weights) == TINY.num_parameters
+
+
+def test_mixed_bfloat16_policy(tiny_reference, tiny_model):
+    """`dtype="mixed_bfloat16"`: bf16 compute, float32 weights, float32 logits near float32's."""
+    mixed = DialoGPT.from_pretrained(tiny_reference.path("tf_h5"), dtype="mixed_bfloat16")
+    assert mixed.h[0].attn.c_attn.compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in mixed.weights)
+    ids, mask = padded_batch(np.random.default_rng(6), TINY.vocab_size, [8, 5], side="left")
+    logits = mixed(ids, attention_mask=mask).numpy()
+    reference = tiny_model(ids, attention_mask=mask).numpy()
+    assert logits.dtype == np.float32
+    assert masked_max_diff(logits, reference, mask) < 0.05  # bf16 has 8 bits of mantissa
+    assert mixed.init_cache(2, 4).dtype == tf.bfloat16

@@ -70,12 +70,12 @@ class Attention(keras.layers.Layer):
         self.num_heads = config.num_heads
         self.head_size = config.head_size
         self.hidden_size = config.hidden_size
-        self.c_attn = Conv1D(3 * config.hidden_size, config.initializer_range, name="c_attn")
+        self.c_attn = Conv1D(3 * config.hidden_size, config.initializer_range, name="c_attn", dtype=self.dtype_policy)
         # GPT-2 scales the residual projections' init by 1/sqrt(2 * num_layers).
         proj_std = config.initializer_range / math.sqrt(2 * config.num_layers)
-        self.c_proj = Conv1D(config.hidden_size, proj_std, name="c_proj")
-        self.attn_dropout = keras.layers.Dropout(config.attention_dropout)
-        self.resid_dropout = keras.layers.Dropout(config.residual_dropout)
+        self.c_proj = Conv1D(config.hidden_size, proj_std, name="c_proj", dtype=self.dtype_policy)
+        self.attn_dropout = keras.layers.Dropout(config.attention_dropout, dtype=self.dtype_policy)
+        self.resid_dropout = keras.layers.Dropout(config.residual_dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.c_attn.build(input_shape)
@@ -102,7 +102,8 @@ class Attention(keras.layers.Layer):
             v = update_cache(cache[1], v, cache_index)
             cache = tf.stack([k, v])
         scores = tf.matmul(q, k, transpose_b=True) * tf.cast(1.0 / math.sqrt(D), q.dtype)
-        scores = tf.cast(scores, tf.float32) + bias  # softmax in float32, also under mixed precision
+        # Softmax in float32, also under mixed precision (Keras casts `bias` to the compute dtype).
+        scores = tf.cast(scores, tf.float32) + tf.cast(bias, tf.float32)
         probs = tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype)
         probs = self.attn_dropout(probs, training=training)
         out = tf.matmul(probs, v)  # [B, H, T, D]
@@ -117,10 +118,10 @@ class MLP(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_size = config.hidden_size
         self.mlp_size = config.mlp_size
-        self.c_fc = Conv1D(config.mlp_size, config.initializer_range, name="c_fc")
+        self.c_fc = Conv1D(config.mlp_size, config.initializer_range, name="c_fc", dtype=self.dtype_policy)
         proj_std = config.initializer_range / math.sqrt(2 * config.num_layers)
-        self.c_proj = Conv1D(config.hidden_size, proj_std, name="c_proj")
-        self.dropout = keras.layers.Dropout(config.residual_dropout)
+        self.c_proj = Conv1D(config.hidden_size, proj_std, name="c_proj", dtype=self.dtype_policy)
+        self.dropout = keras.layers.Dropout(config.residual_dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.c_fc.build(input_shape)
@@ -137,10 +138,10 @@ class Block(keras.layers.Layer):
     def __init__(self, config: DialoGPTConfig, **kwargs):
         super().__init__(**kwargs)
         eps = config.layer_norm_epsilon
-        self.ln_1 = keras.layers.LayerNormalization(epsilon=eps, name="ln_1")
-        self.attn = Attention(config, name="attn")
-        self.ln_2 = keras.layers.LayerNormalization(epsilon=eps, name="ln_2")
-        self.mlp = MLP(config, name="mlp")
+        self.ln_1 = keras.layers.LayerNormalization(epsilon=eps, name="ln_1", dtype=self.dtype_policy)
+        self.attn = Attention(config, name="attn", dtype=self.dtype_policy)
+        self.ln_2 = keras.layers.LayerNormalization(epsilon=eps, name="ln_2", dtype=self.dtype_policy)
+        self.mlp = MLP(config, name="mlp", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):

@@ -54,15 +54,17 @@ class DialoGPT(keras.Model):
         super().__init__(**kwargs)
         self.config = config
         init = keras.initializers.RandomNormal(stddev=config.initializer_range)
+        # Sublayers share the model's dtype policy: `DialoGPT(config, dtype="mixed_bfloat16")`.
+        policy = self.dtype_policy
         self.wte = keras.layers.Embedding(
-            config.vocab_size, config.hidden_size, embeddings_initializer=init, name="wte"
+            config.vocab_size, config.hidden_size, embeddings_initializer=init, name="wte", dtype=policy
         )
         self.wpe = keras.layers.Embedding(
-            config.max_positions, config.hidden_size, embeddings_initializer=init, name="wpe"
+            config.max_positions, config.hidden_size, embeddings_initializer=init, name="wpe", dtype=policy
         )
-        self.drop = keras.layers.Dropout(config.embedding_dropout)
-        self.h = [Block(config, name=f"h_{i}") for i in range(config.num_layers)]
-        self.ln_f = keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name="ln_f")
+        self.drop = keras.layers.Dropout(config.embedding_dropout, dtype=policy)
+        self.h = [Block(config, name=f"h_{i}", dtype=policy) for i in range(config.num_layers)]
+        self.ln_f = keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name="ln_f", dtype=policy)
         self.build_all()
 
     def build_all(self) -> None:
