@@ -31,8 +31,17 @@ def download_whisper_sdist(destination: Path, version: str = WHISPER_SDIST_VERSI
         The path of the downloaded `openai_whisper-<version>.tar.gz`.
     """
     command = [
-        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-        "--no-binary", ":all:", f"openai-whisper=={version}", "-d", str(destination),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"openai-whisper=={version}",
+        "-d",
+        str(destination),
     ]
     subprocess.run(command, check=True)
     found = sorted(destination.glob(f"openai*whisper-{version}.tar.gz"))
@@ -47,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="folder to write into")
     parser.add_argument(
-        "--sdist", type=Path, default=None,
+        "--sdist",
+        type=Path,
+        default=None,
         help="a local openai-whisper sdist (.tar.gz); fetched from PyPI with pip if omitted",
     )
     args = parser.parse_args(argv)

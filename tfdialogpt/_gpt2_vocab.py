@@ -218,8 +218,10 @@ def vocab_and_merges_from_ranks(
     ids = sorted(vocab.values())
     if ids != list(range(len(vocab))):
         raise VocabBuildError(f"ids are not 0..{len(vocab) - 1} without gaps or repeats")
-    merges = [(token_bytes_to_str(left), token_bytes_to_str(right)) for left, right in
-              recover_merges(ranks)]
+    merges = [
+        (token_bytes_to_str(left), token_bytes_to_str(right))
+        for left, right in recover_merges(ranks)
+    ]
     return dict(sorted(vocab.items(), key=lambda item: item[1])), merges
 
 
@@ -260,12 +262,12 @@ def check_gpt2_sizes(vocab: Mapping[str, int], merges: list[tuple[str, str]]) ->
     if len(merges) != GPT2_NUM_MERGES:
         raise VocabBuildError(f"found {len(merges)} merges; expected {GPT2_NUM_MERGES}")
     if vocab.get(ENDOFTEXT) != GPT2_EOS_ID:
-        raise VocabBuildError(
-            f"{ENDOFTEXT} has id {vocab.get(ENDOFTEXT)}; expected {GPT2_EOS_ID}"
-        )
+        raise VocabBuildError(f"{ENDOFTEXT} has id {vocab.get(ENDOFTEXT)}; expected {GPT2_EOS_ID}")
 
 
-def build_gpt2_vocab_from_sdist(sdist_path: str | Path, output_dir: str | Path) -> tuple[Path, Path]:
+def build_gpt2_vocab_from_sdist(
+    sdist_path: str | Path, output_dir: str | Path
+) -> tuple[Path, Path]:
     """Write GPT-2's `vocab.json` and `merges.txt` from an `openai-whisper` sdist.
 
     Args:

@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tfdialogpt.config import ConfigError, DialoGPTConfig
+from tfdialogpt.config import DEFAULT_MODEL_DIR, ConfigError, DialoGPTConfig
 
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
@@ -33,7 +33,6 @@ TF_WEIGHTS_INDEX_NAME = "tf_model.h5.index.json"
 CONFIG_NAME = "config.json"
 # Order of preference when a directory or hub repo holds several formats.
 WEIGHT_FILES = (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, TF_WEIGHTS_NAME, TF_WEIGHTS_INDEX_NAME)
-DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 
 # Scope of HF's TFGPT2LMHeadModel as transformers 4.x writes it; the loader ignores the scope.
 _HF_TF_SCOPE = "tfgpt2lm_head_model/transformer"

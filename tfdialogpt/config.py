@@ -5,7 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 from typing import Any
+
+# `from_pretrained("default")`: the small model embedded in the package (HF layout).
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 
 # Fields of HF's GPT2Config that change the math; we refuse values we do not implement
 # rather than silently computing something else.
