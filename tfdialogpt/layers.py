@@ -11,6 +11,8 @@ import math
 
 import keras
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla as tfxla
+from tensorflow.python.ops import control_flow_util
 
 from tfdialogpt.config import DialoGPTConfig
 
@@ -47,18 +49,28 @@ class Conv1D(keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "initializer_range": self.initializer_range}
 
 
-def update_cache(cache: tf.Tensor, new: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
-    """Writes `new` [B, H, T, D] into `cache` [B, H, S, D] at sequence position `index`.
+def in_xla_context() -> bool:
+    """True while tracing a function that XLA will compile (`tf.function(jit_compile=True)`)."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
-    `TensorStridedSliceUpdate` is a stock TF op (runs without XLA, e.g. in TF Serving) and
-    lowers to an in-place `dynamic-update-slice` under XLA: no concat, no growth.
+
+def update_cache(cache: tf.Tensor, new: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """Writes `new` [2, B, H, T, D] into `cache` [2, B, H, S, D] at sequence position `index`.
+
+    Under XLA this is one `dynamic-update-slice`, done in place inside the decode loop (no
+    concat, no growth, and a loop-variant index does not force a recompile). Without XLA
+    (eager, TF Serving without its XLA flags) the stock `TensorStridedSliceUpdate` does the
+    same write; XLA cannot take that op with a loop-variant index, hence the two spellings.
     """
-    shape = tf.shape(cache)
     index = tf.cast(index, tf.int32)
-    begin = tf.stack([0, 0, index, 0])
-    end = tf.stack([shape[0], shape[1], index + tf.shape(new)[2], shape[3]])
+    if in_xla_context():
+        zero = tf.constant(0, tf.int32)
+        return tfxla.dynamic_update_slice(cache, new, tf.stack([zero, zero, zero, index, zero]))
+    shape = tf.shape(cache)
+    begin = tf.stack([0, 0, 0, index, 0])
+    end = tf.stack([shape[0], shape[1], shape[2], index + tf.shape(new)[3], shape[4]])
     return tf.raw_ops.TensorStridedSliceUpdate(
-        input=cache, begin=begin, end=end, strides=tf.ones([4], tf.int32), value=new
+        input=cache, begin=begin, end=end, strides=tf.ones([5], tf.int32), value=new
     )
 
 
@@ -98,9 +110,8 @@ class Attention(keras.layers.Layer):
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, H, T, D]
         q, k, v = qkv[0], qkv[1], qkv[2]
         if cache is not None:
-            k = update_cache(cache[0], k, cache_index)
-            v = update_cache(cache[1], v, cache_index)
-            cache = tf.stack([k, v])
+            cache = update_cache(cache, tf.stack([k, v]), cache_index)
+            k, v = cache[0], cache[1]
         scores = tf.matmul(q, k, transpose_b=True) * tf.cast(1.0 / math.sqrt(D), q.dtype)
         # Softmax in float32, also under mixed precision (Keras casts `bias` to the compute dtype).
         scores = tf.cast(scores, tf.float32) + tf.cast(bias, tf.float32)

@@ -88,20 +88,31 @@ class DialoGPT(keras.Model):
         else:
             # The mask covers the whole preallocated buffer; rows of it past the new tokens are
             # never attended to (causal), so their values do not matter.
-            key_mask = tf.ones([B, tf.shape(cache)[4]], tf.int32) if attention_mask is None else attention_mask
-            query_start = cache_index
+            S = tf.shape(cache[0])[-2]
+            key_mask = tf.ones([B, S], tf.int32) if attention_mask is None else attention_mask
+            query_start = tf.cast(cache_index, tf.int32)
         if position_ids is None:
-            position_ids = positions_from_mask(key_mask)[:, query_start : query_start + T]
+            # A gather, not a slice: under XLA a slice at a loop-variant index would have to be
+            # a compile-time constant.
+            position_ids = tf.gather(positions_from_mask(key_mask), query_start + tf.range(T), axis=1)
         bias = attention_bias(key_mask, query_start, T)
 
         x = self.wte(input_ids) + self.wpe(position_ids)
         x = self.drop(x, training=training)
+        # Per-layer caches: a list [2, B, H, S, D] each (what the decode loop carries, so each
+        # layer's write stays in place), or one stacked [L, 2, B, H, S, D] tensor.
+        stacked = cache is not None and not isinstance(cache, (list, tuple))
         new_layers = []
         for i, block in enumerate(self.h):
             layer_cache = None if cache is None else cache[i]
             x, layer_cache = block(x, bias, cache=layer_cache, cache_index=cache_index, training=training)
             new_layers.append(layer_cache)
-        new_cache = None if cache is None else tf.stack(new_layers)
+        if cache is None:
+            new_cache = None
+        elif stacked:
+            new_cache = tf.stack(new_layers)
+        else:
+            new_cache = type(cache)(new_layers)
         return self.ln_f(x), new_cache
 
     def lm_head(self, hidden: tf.Tensor) -> tf.Tensor:
@@ -128,10 +139,17 @@ class DialoGPT(keras.Model):
         hidden, _ = self._forward(inputs, attention_mask, position_ids, None, None, training)
         return self.lm_head(hidden)
 
-    def init_cache(self, batch_size, length, dtype=None) -> tf.Tensor:
-        """A zeroed KV cache [L, 2, B, H, S, D] with room for `length` positions."""
+    def init_cache(self, batch_size, length, dtype=None, per_layer=False):
+        """A zeroed KV cache [L, 2, B, H, S, D] with room for `length` positions.
+
+        With `per_layer=True`, a tuple of L tensors [2, B, H, S, D] instead: the form a decode
+        loop should carry, since each layer's write then updates its own buffer in place.
+        """
         c = self.config
         dtype = dtype or self.compute_dtype
+        if per_layer:
+            shape = [2, batch_size, c.num_heads, length, c.head_size]
+            return tuple(tf.zeros(shape, dtype) for _ in range(c.num_layers))
         return tf.zeros([c.num_layers, 2, batch_size, c.num_heads, length, c.head_size], dtype)
 
     def call_with_cache(
@@ -147,7 +165,8 @@ class DialoGPT(keras.Model):
         """Runs the new tokens `input_ids` [B, T] against a preallocated cache.
 
         Args:
-            cache: [L, 2, B, H, S, D] from `init_cache` (or a previous call).
+            cache: [L, 2, B, H, S, D] from `init_cache` (or a previous call), or the per-layer
+                tuple from `init_cache(..., per_layer=True)`; returned in the same form.
             cache_index: int scalar, where the new tokens' keys/values are written.
             attention_mask: [B, S] over the whole cache buffer (1 = real token).
             return_hidden: return final hidden states [B, T, C] instead of logits, so a caller
@@ -157,6 +176,63 @@ class DialoGPT(keras.Model):
         """
         hidden, cache = self._forward(input_ids, attention_mask, position_ids, cache, cache_index, training)
         return (hidden if return_hidden else self.lm_head(hidden)), cache
+
+    # ---- generation ------------------------------------------------------------------------------
+    def generate(
+        self,
+        input_ids,
+        attention_mask=None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        min_new_tokens: int = 0,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        eos_token_id: int | None = None,
+        seed: int | None = None,
+        pad_token_id: int | None = None,
+        jit_compile: bool = True,
+    ):
+        """Continues each prompt: greedy, sampling or beam search, as one compiled XLA loop.
+
+        Arguments are named and behave as in HF transformers' `generate`.
+
+        Args:
+            input_ids: int [B, T] prompts (a 1-D sequence is one prompt). Padding may be on
+                either side; rows are re-padded to the left internally.
+            attention_mask: [B, T], 1 for tokens, 0 for padding (default: all tokens).
+            max_new_tokens: how many tokens to generate at most (prompt + new <= positions).
+            do_sample: sample (with `temperature`, `top_k`, `top_p`, `seed`) instead of argmax.
+            repetition_penalty / no_repeat_ngram_size / min_new_tokens: HF's processors.
+            num_beams / length_penalty: beam search (`num_beams > 1`, not with sampling).
+            eos_token_id: ends a row when newly generated (default: the config's, 50256);
+                EOS inside the prompt (DialoGPT's turn separator) does not.
+            seed: makes sampling reproducible (None: a fresh random seed).
+            pad_token_id: fills positions after a row's EOS (default: config's, else EOS).
+            jit_compile: False runs the same loop without XLA.
+        Returns:
+            `GenerationOutput(sequences, lengths)`: int32 [B, max_new_tokens] new tokens only,
+            EOS included and pad after it, and int32 [B] tokens produced per row.
+        Raises:
+            ValueError: for a bad argument, before anything is compiled.
+
+        Example:
+            >>> out = model.generate(ids, attention_mask=mask, max_new_tokens=40)  # doctest: +SKIP
+            >>> reply = out.sequences[0, : out.lengths[0]]  # doctest: +SKIP
+        """
+        from tfdialogpt.generation import engine
+
+        return engine.generate(
+            self, input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens, num_beams=num_beams,
+            length_penalty=length_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed,
+            jit_compile=jit_compile,
+        )
 
     # ---- config / checkpoints ------------------------------------------------------------------
     def get_config(self):

@@ -1,0 +1,110 @@
+"""Logits processors on hand-made logits whose answers are known (HF semantics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfdialogpt.generation import processors
+
+NEG_INF = -np.inf
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_scores():
+    scores = tf.constant([[2.0, -2.0, 1.0, -1.0]])
+    history = tf.constant([[0, 1, 3, 2]])
+    mask = tf.constant([[1, 1, 1, 0]])  # token 2 sits under padding: not history
+    out = processors.repetition_penalty(scores, history, mask, 2.0).numpy()
+    np.testing.assert_allclose(out, [[1.0, -4.0, 1.0, -2.0]])
+
+
+def test_repetition_penalty_of_one_is_exact_identity():
+    scores = tf.random.normal([2, 7], seed=1)
+    out = processors.repetition_penalty(scores, tf.constant([[1, 2], [3, 4]]), tf.ones([2, 2], tf.int32), 1.0)
+    np.testing.assert_array_equal(out.numpy(), scores.numpy())
+
+
+def test_no_repeat_ngram_bans_the_token_that_completes_a_seen_bigram():
+    # history: 5 1 2 5 1 | current prefix (last token) is 1; bigrams seen starting with 1: (1, 2)
+    history = tf.constant([[5, 1, 2, 5, 1, 0, 0]])
+    mask = tf.constant([[1, 1, 1, 1, 1, 0, 0]])
+    banned = processors.no_repeat_ngram_mask(history, mask, 2, 8).numpy()
+    assert np.flatnonzero(banned[0]).tolist() == [2]
+    # trigram (5, 1, ?) was followed by 2
+    banned3 = processors.no_repeat_ngram_mask(history, mask, 3, 8).numpy()
+    assert np.flatnonzero(banned3[0]).tolist() == [2]
+
+
+def test_no_repeat_ngram_ignores_left_padding():
+    # The pad id 1 under mask 0 must not make a bigram (1, 7) with the first real token.
+    history = tf.constant([[1, 7, 3, 1], [4, 7, 3, 1]])
+    mask = tf.constant([[0, 1, 1, 1], [1, 1, 1, 1]])
+    banned = processors.no_repeat_ngram_mask(history, mask, 2, 9).numpy()
+    assert np.flatnonzero(banned[0]).tolist() == []
+    # Row 1 has the same real tail but no earlier "1": nothing banned either.
+    assert np.flatnonzero(banned[1]).tolist() == []
+
+
+def test_no_repeat_ngram_of_one_bans_every_seen_token():
+    history = tf.constant([[3, 3, 0, 5]])
+    mask = tf.constant([[0, 1, 1, 1]])
+    banned = processors.no_repeat_ngram_mask(history, mask, 1, 6).numpy()
+    assert np.flatnonzero(banned[0]).tolist() == [0, 3, 5]
+
+
+def test_min_new_tokens_blocks_eos_only_before_the_minimum():
+    scores = tf.zeros([2, 4])
+    blocked = processors.min_new_tokens(scores, 1, 2, eos_token_id=3).numpy()
+    assert blocked[:, 3].tolist() == [NEG_INF, NEG_INF]
+    assert (blocked[:, :3] == 0).all()
+    assert (processors.min_new_tokens(scores, 2, 2, eos_token_id=3).numpy() == 0).all()
+
+
+def test_temperature_scales_logits():
+    np.testing.assert_allclose(processors.temperature(tf.constant([[1.0, -2.0]]), 0.5).numpy(), [[2.0, -4.0]])
+
+
+def test_top_k_keeps_the_k_best_and_their_ties():
+    scores = tf.constant([[1.0, 5.0, 3.0, 3.0, 0.0], [4.0, 3.0, 2.0, 1.0, 0.0]])
+    out = processors.top_k(scores, 2).numpy()
+    assert np.isfinite(out).tolist() == [[False, True, True, True, False], [True, True, False, False, False]]
+    np.testing.assert_array_equal(processors.top_k(scores, 0).numpy(), scores.numpy())
+    assert np.isfinite(processors.top_k(scores, 99).numpy()).all()
+
+
+def test_top_p_keeps_the_smallest_nucleus_above_p():
+    probs = np.array([[0.5, 0.3, 0.15, 0.05]])
+    scores = tf.constant(np.log(probs), tf.float32)
+    # 0.5 < 0.6 so the nucleus needs the second token too; 0.8 >= 0.6 stops there.
+    assert np.isfinite(processors.top_p(scores, 0.6).numpy()).tolist() == [[True, True, False, False]]
+    assert np.isfinite(processors.top_p(scores, 0.5).numpy()).tolist() == [[True, False, False, False]]
+    assert np.isfinite(processors.top_p(scores, 0.81).numpy()).tolist() == [[True, True, True, False]]
+    assert np.isfinite(processors.top_p(scores, 1.0).numpy()).all()
+    # min_tokens_to_keep wins over a tiny p
+    assert np.isfinite(processors.top_p(scores, 0.01).numpy()).sum() == 1
+
+
+@pytest.mark.parametrize("p", [0.3, 0.7, 0.9])
+def test_top_p_matches_hf(p):
+    import torch
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(3, 50)).astype(np.float32) * 3
+    ours = processors.top_p(processors.top_k(tf.constant(scores), 20), p).numpy()
+    hf = TopPLogitsWarper(p)(None, TopKLogitsWarper(20)(None, torch.tensor(scores))).numpy()
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(hf))
+
+
+def test_processors_run_under_xla_with_runtime_controls():
+    @tf.function(jit_compile=True)
+    def run(scores, k, p, penalty):
+        scores = processors.repetition_penalty(scores, tf.constant([[0, 1]]), tf.constant([[1, 1]]), penalty)
+        return processors.top_p(processors.top_k(scores, k), p)
+
+    scores = tf.constant([[4.0, 3.0, 2.0, 1.0]])
+    out = run(scores, tf.constant(3), tf.constant(1.0), tf.constant(2.0)).numpy()
+    np.testing.assert_allclose(out, [[2.0, 1.5, 2.0, NEG_INF]])
+    out = run(scores, tf.constant(0), tf.constant(1.0), tf.constant(1.0)).numpy()
+    np.testing.assert_allclose(out, scores.numpy())

@@ -1,0 +1,152 @@
+"""Logits processors: small pure functions of next-token logits [B, V], with HF's semantics.
+
+Each takes the scores and, where it needs them, the token history, and returns new scores;
+none holds state, so the decode loop composes them in HF's order and the tests feed them
+hand-made logits. Every control (temperature, top_k, top_p, penalty, step, min_new_tokens) may
+be a Python number or a scalar tensor: inside a compiled graph they are runtime inputs, so one
+graph serves every setting. Only stock TF ops; all run with and without XLA.
+
+HF order, as in `transformers.GenerationMixin._get_logits_processor`: repetition penalty,
+no-repeat-ngram, min-new-tokens (these shape the scores for greedy and beam search too), then,
+only when sampling, temperature, top-k, top-p.
+
+One deliberate difference: the history these see is the *real* tokens only (the attention
+mask says which). HF also counts left-padding ids as history, so in HF a padded row can be
+penalised or banned differently from the same row decoded alone; here it never is.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+NEG_INF = float("-inf")
+
+
+def _presence(token_ids: tf.Tensor, token_mask: tf.Tensor, vocab_size: int) -> tf.Tensor:
+    """[B, V] bool: which vocabulary ids occur among the real (mask 1) tokens of each row."""
+    token_ids = tf.cast(token_ids, tf.int32)
+    mask = tf.cast(token_mask, tf.int32)
+    B, S = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
+    # Masked-out positions point at id 0 with an update of 0: a no-op under `max`.
+    ids = tf.where(mask > 0, token_ids, 0)
+    rows = tf.broadcast_to(tf.range(B)[:, None], [B, S])
+    indices = tf.reshape(tf.stack([rows, ids], axis=-1), [-1, 2])
+    counts = tf.tensor_scatter_nd_max(tf.zeros([B, vocab_size], tf.int32), indices, tf.reshape(mask, [-1]))
+    return counts > 0
+
+
+def repetition_penalty(scores, token_ids, token_mask, penalty):
+    """CTRL's repetition penalty (HF `RepetitionPenaltyLogitsProcessor`).
+
+    A token already in the row's history has its score divided by `penalty` when positive and
+    multiplied by it when negative; `penalty` 1.0 leaves the scores exactly unchanged.
+
+    Args:
+        scores: [B, V] float32 logits (or log-probabilities, in beam search).
+        token_ids: [B, S] int history (prompt and tokens generated so far).
+        token_mask: [B, S] 1 where `token_ids` holds a real token.
+        penalty: float > 0.
+    Returns:
+        [B, V] scores.
+    """
+    penalty = tf.cast(penalty, scores.dtype)
+    seen = _presence(token_ids, token_mask, scores.shape[-1] or tf.shape(scores)[-1])
+    penalized = tf.where(scores < 0, scores * penalty, scores / penalty)
+    return tf.where(seen, penalized, scores)
+
+
+def no_repeat_ngram_mask(token_ids, token_mask, ngram_size: int, vocab_size: int) -> tf.Tensor:
+    """[B, V] bool: tokens that would complete an n-gram already in the history.
+
+    HF's `NoRepeatNGramLogitsProcessor`: with the last `ngram_size - 1` tokens as a prefix,
+    every token that followed that prefix earlier in the row is banned. The real tokens of a
+    row must be contiguous (left padding, then generated tokens), as the decode loop keeps them.
+
+    Args:
+        token_ids: [B, S] int history; token_mask: [B, S], 1 for real tokens, which end at the
+            same column in every row (the current decode position).
+        ngram_size: a Python int >= 1 (it shapes the graph).
+    """
+    n = int(ngram_size)
+    token_ids = tf.cast(token_ids, tf.int32)
+    real = tf.cast(token_mask, tf.bool)
+    S = tf.shape(token_ids)[1]
+    # The current position is one past the last real column (the same for every row).
+    positions = tf.range(S)[None, :]
+    end = tf.reduce_max(tf.where(real, positions + 1, 0))
+    # The prefix to look up: the last n - 1 tokens, which must all be real.
+    prefix_cols = end - (n - 1) + tf.range(n - 1)
+    prefix = tf.gather(token_ids, tf.maximum(prefix_cols, 0), axis=1)  # [B, n-1]
+    prefix_real = tf.reduce_all(
+        tf.logical_and(tf.gather(real, tf.maximum(prefix_cols, 0), axis=1), prefix_cols[None, :] >= 0),
+        axis=1,
+        keepdims=True,
+    )
+    # Window j covers columns j .. j + n - 1; it matches when its first n - 1 tokens equal the
+    # prefix and all n are real. Its last token is then banned.
+    W = S - n + 1
+    match = prefix_real
+    for i in range(n):
+        match = tf.logical_and(match, real[:, i : i + W])
+    for i in range(n - 1):
+        match = tf.logical_and(match, tf.equal(token_ids[:, i : i + W], prefix[:, i : i + 1]))
+    banned_ids = token_ids[:, n - 1 : n - 1 + W]
+    return _presence(banned_ids, tf.cast(match, tf.int32), vocab_size)
+
+
+def no_repeat_ngram(scores, token_ids, token_mask, ngram_size: int):
+    """Sets to -inf every token that would repeat an n-gram (see `no_repeat_ngram_mask`)."""
+    if not ngram_size:
+        return scores
+    banned = no_repeat_ngram_mask(token_ids, token_mask, ngram_size, scores.shape[-1])
+    return tf.where(banned, tf.constant(NEG_INF, scores.dtype), scores)
+
+
+def min_new_tokens(scores, step, min_new, eos_token_id: int):
+    """Forbids EOS (-inf) while fewer than `min_new` tokens have been generated.
+
+    HF's `MinNewTokensLengthLogitsProcessor`; `step` counts the tokens generated so far.
+    """
+    vocab = tf.range(tf.shape(scores)[-1])
+    block = tf.logical_and(tf.equal(vocab, eos_token_id), tf.cast(step, tf.int32) < tf.cast(min_new, tf.int32))
+    return tf.where(block[None, :], tf.constant(NEG_INF, scores.dtype), scores)
+
+
+def temperature(scores, value):
+    """Divides the logits by `value` (> 0): below 1 sharpens, above 1 flattens."""
+    return scores / tf.cast(value, scores.dtype)
+
+
+def top_k(scores, k, min_tokens_to_keep: int = 1):
+    """Keeps the `k` highest scores (and ties with the k-th), sets the rest to -inf.
+
+    HF's `TopKLogitsWarper`; `k` 0 disables it. `k` may be a runtime scalar, so the k-th value
+    is read from a full sort rather than from `tf.math.top_k` (which needs a constant k).
+    """
+    k = tf.cast(k, tf.int32)
+    V = tf.shape(scores)[-1]
+    kept = tf.clip_by_value(tf.maximum(k, min_tokens_to_keep), 1, V)
+    descending = tf.sort(scores, axis=-1, direction="DESCENDING")
+    kth = tf.gather(descending, kept - 1, axis=-1)[:, None]  # [B, 1]
+    filtered = tf.where(scores < kth, tf.constant(NEG_INF, scores.dtype), scores)
+    return tf.where(k > 0, filtered, scores)
+
+
+def top_p(scores, p, min_tokens_to_keep: int = 1):
+    """Nucleus filtering (HF's `TopPLogitsWarper`): keeps the smallest set of top tokens whose
+    probability mass exceeds `p`, sets the rest to -inf; `p` 1.0 disables it.
+
+    As in HF, tokens are sorted ascending and a token is dropped when the cumulative mass up to
+    and including it is <= 1 - p; the top `min_tokens_to_keep` always stay. The kept set is a
+    suffix of the sorted order, so it is applied as a threshold on the smallest kept score
+    (a token tied with that score is kept too).
+    """
+    p = tf.cast(p, scores.dtype)
+    V = tf.shape(scores)[-1]
+    ascending = tf.sort(scores, axis=-1, direction="ASCENDING")
+    cumulative = tf.cumsum(tf.nn.softmax(ascending, axis=-1), axis=-1)
+    removed = tf.logical_and(cumulative <= 1.0 - p, tf.range(V)[None, :] < V - min_tokens_to_keep)
+    num_removed = tf.reduce_sum(tf.cast(removed, tf.int32), axis=-1)  # [B]
+    threshold = tf.gather(ascending, num_removed, axis=-1, batch_dims=1)[:, None]  # [B, 1]
+    filtered = tf.where(scores < threshold, tf.constant(NEG_INF, scores.dtype), scores)
+    return tf.where(p < 1.0, filtered, scores)
