@@ -1,0 +1,200 @@
+"""Serving benchmark: gRPC Predict under 8 concurrent clients, against in-process generation.
+
+Exports a model (random weights of a DialoGPT shape, or a checkpoint), starts
+`python -m tfdialogpt.serving.server` on a free loopback port, then measures:
+1. in process: the same exported `generate` signature called directly, one request at a time,
+   and `model.generate` (XLA) for reference;
+2. one gRPC client, one request at a time: the overhead of gRPC + the server over (1);
+3. 8 concurrent clients, each sending a bounded number of requests: throughput, p50/p99
+   latency; every answer must equal the single-client answer for the same prompt (greedy).
+
+    python benchmarks/serve.py                       # DialoGPT-small shape, 8 x 4 requests
+    python benchmarks/serve.py --preset medium --requests-per-client 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def percentile(values, q):
+    return float(np.percentile(np.asarray(values) * 1000.0, q))
+
+
+def build_model(args):
+    import keras
+
+    from tfdialogpt import DialoGPT, DialoGPTConfig
+
+    if args.model:
+        return DialoGPT.from_pretrained(args.model)
+    keras.utils.set_random_seed(0)
+    return DialoGPT(DialoGPTConfig.preset(args.preset))
+
+
+def prompts(count, vocab_size, seed=0):
+    rng = np.random.default_rng(seed)
+    # Histories of 10..30 tokens ending with EOS: two prompt buckets (16 and 32).
+    return [rng.integers(0, vocab_size - 1, rng.integers(10, 31)).tolist() + [vocab_size - 1] for _ in range(count)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small", choices=["small", "medium", "large"])
+    parser.add_argument("--model", help="a checkpoint directory or hub id instead of random weights")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--signature", default="generate", choices=["generate", "generate_xla"])
+    parser.add_argument("--max-batch-size", type=int, default=8, help="server-side merging (1 = queue only)")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+    from serving_utils import ServerProcess
+
+    from tfdialogpt.serving.client import Client
+    from tfdialogpt.serving.export import export
+
+    model = build_model(args)
+    config = model.config
+    workdir = Path(tempfile.mkdtemp(prefix="tfdialogpt-serve-bench-"))
+    try:
+        started = time.perf_counter()
+        result = export(model, workdir / "dialogpt", max_new_tokens_cap=max(args.max_new_tokens, 16),
+                        warmup_prompt_lengths=(16, 32))
+        export_seconds = time.perf_counter() - started
+        total = args.clients * args.requests_per_client
+        work = prompts(total, config.vocab_size)
+        new = args.max_new_tokens
+
+        # 1. In process: the exported signature itself, then model.generate (XLA).
+        from tfdialogpt.serving.signatures import PARAMETERS, padded_length
+
+        loaded = tf.saved_model.load(result.path)
+        signature = loaded.signatures[args.signature]
+
+        def in_process(prompt):
+            width = padded_length(len(prompt), new, config.max_positions)
+            ids = np.full((1, width), config.eos_token_id, np.int32)
+            mask = np.zeros_like(ids)
+            ids[0, width - len(prompt):], mask[0, width - len(prompt):] = prompt, 1
+            params = {p.name: tf.constant(p.default, p.spec.dtype) for p in PARAMETERS.values()}
+            params["max_new_tokens"] = tf.constant(new, tf.int32)
+            return signature(input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)["sequences"].numpy()
+
+        # Warm every path on both prompt buckets before timing anything.
+        short = min(work, key=len)
+        long = max(work, key=len)
+        for prompt in (short, long):
+            in_process(prompt)
+            model.generate(np.array([prompt], np.int32), max_new_tokens=new)
+
+        server = ServerProcess(workdir / "dialogpt", workdir / "server.log", "--max-batch-size", str(args.max_batch_size))
+        try:
+            server.wait_for_version(result.version, timeout=600)
+
+            def client():
+                return Client(server.target, "dialogpt", signature=args.signature, timeout=600,
+                              max_positions=config.max_positions, eos_token_id=config.eos_token_id)
+
+            # 1. and 2., interleaved request by request so that load from elsewhere on the
+            # machine hits both alike.
+            local, eager_xla, remote, single = [], [], [], {}
+            with client() as c:
+                for prompt in (short, long):
+                    c.generate([prompt], max_new_tokens=new)
+                for i, prompt in enumerate(work):
+                    t = time.perf_counter()
+                    single[i] = c.generate([prompt], max_new_tokens=new).sequences[0].tolist()
+                    remote.append(time.perf_counter() - t)
+                    if i < 16:
+                        t = time.perf_counter()
+                        in_process(prompt)
+                        local.append(time.perf_counter() - t)
+                        t = time.perf_counter()
+                        model.generate(np.array([prompt], np.int32), max_new_tokens=new)
+                        eager_xla.append(time.perf_counter() - t)
+
+            # The fixed cost of a request, on a call that does almost nothing: `score` of one
+            # 16-token row, in process and over gRPC, interleaved.
+            ids = np.array([work[0][:15] + [config.eos_token_id]], np.int32)
+            target = np.zeros_like(ids)
+            target[0, -1] = 1
+            score_fn = loaded.signatures["score"]
+            score_local, score_remote = [], []
+            with client() as c:
+                for _ in range(3):
+                    score_fn(input_ids=ids, attention_mask=np.ones_like(ids), target_mask=target)
+                    c.predict("score", {"input_ids": ids, "attention_mask": np.ones_like(ids), "target_mask": target})
+                for _ in range(30):
+                    t = time.perf_counter()
+                    score_fn(input_ids=ids, attention_mask=np.ones_like(ids), target_mask=target)
+                    score_local.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    c.predict("score", {"input_ids": ids, "attention_mask": np.ones_like(ids), "target_mask": target})
+                    score_remote.append(time.perf_counter() - t)
+
+            def worker(index):
+                latencies, answers = [], {}
+                with client() as c:
+                    for i in range(index, total, args.clients):
+                        t = time.perf_counter()
+                        answers[i] = c.generate([work[i]], max_new_tokens=new).sequences[0].tolist()
+                        latencies.append(time.perf_counter() - t)
+                return latencies, answers
+
+            t = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+                results = list(pool.map(worker, range(args.clients), timeout=3600))
+            wall = time.perf_counter() - t
+        finally:
+            server.terminate()
+        latencies = [x for lat, _ in results for x in lat]
+        answers = {i: a for _, ans in results for i, a in ans.items()}
+        mismatches = sum(answers[i] != single[i] for i in range(total))
+
+        overhead = percentile(remote[: len(local)], 50) - percentile(local, 50)
+        print(f"\n## Serving benchmark ({platform.machine()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__})\n")
+        print(f"model: {args.model or 'DialoGPT-' + args.preset + ' shape, random weights'} "
+              f"({config.num_parameters / 1e6:.0f}M parameters); signature `{args.signature}`; greedy; "
+              f"prompts of 11-31 tokens (buckets 16/32); {new} new tokens; export took {export_seconds:.1f} s\n")
+        print("| measurement | requests | p50 ms | p99 ms | throughput |")
+        print("|---|---:|---:|---:|---:|")
+        print(f"| in process, exported signature, 1 at a time | {len(local)} | {percentile(local, 50):.1f} | "
+              f"{percentile(local, 99):.1f} | {len(local) / sum(local):.2f} req/s |")
+        print(f"| in process, `model.generate` (XLA), 1 at a time | {len(eager_xla)} | {percentile(eager_xla, 50):.1f} | "
+              f"{percentile(eager_xla, 99):.1f} | {len(eager_xla) / sum(eager_xla):.2f} req/s |")
+        print(f"| gRPC, 1 client, 1 at a time | {len(remote)} | {percentile(remote, 50):.1f} | "
+              f"{percentile(remote, 99):.1f} | {len(remote) / sum(remote):.2f} req/s |")
+        print(f"| gRPC, {args.clients} concurrent clients | {len(latencies)} | {percentile(latencies, 50):.1f} | "
+              f"{percentile(latencies, 99):.1f} | {total / wall:.2f} req/s, {total * new / wall:.1f} tok/s |")
+        print(f"| `score`, 1 row of 16 tokens, in process | {len(score_local)} | {percentile(score_local, 50):.1f} | "
+              f"{percentile(score_local, 99):.1f} | |")
+        print(f"| `score`, 1 row of 16 tokens, gRPC | {len(score_remote)} | {percentile(score_remote, 50):.1f} | "
+              f"{percentile(score_remote, 99):.1f} | |")
+        fixed = percentile(score_remote, 50) - percentile(score_local, 50)
+        print(f"\ngRPC + server overhead, fixed cost a request (p50 of `score`, gRPC - in process): {fixed:.1f} ms; "
+              f"on a generate request (p50, gRPC - in process): {overhead:.1f} ms "
+              f"({overhead / percentile(local, 50) * 100:+.1f}% of {percentile(local, 50):.0f} ms).")
+        print(f"answered: {len(answers)}/{total}; equal to single-client answers: {total - mismatches}/{total}")
+        return 0 if mismatches == 0 and len(answers) == total else 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""SavedModel export: TF Serving's layout, the signatures of the contract, stock ops only,
+warmup records, and a fresh TensorFlow-only process reproducing `model.generate` (greedy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from serving_utils import (
+    CAP,
+    EOS,
+    SERVE_CONFIG,
+    WARMUP_LENGTHS,
+    greedy_reference,
+    left_pad,
+    shared_model,
+    tiny_export,
+)
+
+from tfdialogpt.serving import signatures as contract
+from tfdialogpt.serving.export import export, next_version, warmup_requests
+from tfdialogpt.serving.protos import apis, to_ndarray
+
+PROMPTS = [[5, 9, 33, 71, EOS], [120, EOS, 7, 8, 200, 14, 3, EOS], [42, EOS]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return shared_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    return tiny_export(model, tmp_path_factory.getbasetemp() / "shared_export")
+
+
+def test_layout_is_tf_serving_s(exported):
+    base = os.path.dirname(exported.path)
+    assert exported.version == 1 and exported.path == os.path.join(base, "1")
+    assert os.listdir(base) == ["1"], "the staging directory must be renamed away"
+    for name in ("saved_model.pb", "variables", "assets.extra"):
+        assert os.path.exists(os.path.join(exported.path, name)), name
+    assert next_version(base) == 2
+    assert set(exported.signatures) == set(contract.SIGNATURES)
+    with open(os.path.join(exported.path, "assets.extra", contract.METADATA_FILE)) as f:
+        limits = contract.Limits.from_json_dict(json.load(f))
+    assert limits == exported.limits
+    assert (limits.max_new_tokens_cap, limits.vocab_size, limits.eos_token_id) == (CAP, 257, EOS)
+
+
+def test_warmup_records_cover_each_bucket(exported):
+    path = os.path.join(exported.path, "assets.extra", contract.WARMUP_FILE)
+    logs = [apis().prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    seen = set()
+    for entry in logs:
+        request = entry.predict_log.request
+        inputs = {key: to_ndarray(value) for key, value in request.inputs.items()}
+        sig = contract.signature(request.model_spec.signature_name)
+        contract.check_inputs(sig, inputs, exported.limits)  # every record is a valid request
+        seen.add((sig.name, inputs["input_ids"].shape[1]))
+    expected = {(name, n) for name in ("serving_default", "generate", "score") for n in WARMUP_LENGTHS}
+    assert seen == expected and len(logs) == exported.warmup_records == len(expected)
+
+
+def test_saved_model_cli_lists_the_signatures(exported):
+    cli = shutil.which("saved_model_cli", path=os.path.dirname(sys.executable))
+    assert cli, "saved_model_cli comes with tensorflow"
+    out = subprocess.run([cli, "show", "--dir", exported.path, "--all"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in contract.SIGNATURES:
+        assert f"signature_def['{name}']" in out.stdout
+    section = out.stdout.split("signature_def['generate_xla']")[1].split("signature_def[")[0]
+    for spec in contract.GENERATE.inputs + contract.GENERATE.outputs:
+        assert f"['{spec.name}'] tensor_info" in section
+    assert "dtype: DT_FLOAT" in section and "Method name is: tensorflow/serving/predict" in section
+
+
+def test_only_stock_ops(exported):
+    saved_model = apis().saved_model_pb2.SavedModel()
+    with open(os.path.join(exported.path, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    graph = saved_model.meta_graphs[0].graph_def
+    ops = {node.op for node in graph.node}
+    functions = {fn.signature.name for fn in graph.library.function}
+    for fn in graph.library.function:
+        ops |= {node.op for node in fn.node_def}
+    ops -= functions  # calls of the graph's own functions
+    from tensorflow.python.framework import op_def_registry
+
+    assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+    assert [op for op in sorted(ops) if op_def_registry.get(op) is None] == []
+    assert any(fn.attr["_XlaMustCompile"].b for fn in graph.library.function), "generate_xla must be jit-compiled"
+
+
+FRESH_PROCESS = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+
+    path, ids, mask, new = sys.argv[1], np.array(json.loads(sys.argv[2]), np.int32), np.array(json.loads(sys.argv[3]), np.int32), int(sys.argv[4])
+    loaded = tf.saved_model.load(path)
+    params = dict(max_new_tokens=np.int32(new), temperature=np.float32(0), top_k=np.int32(0), top_p=np.float32(1),
+                  repetition_penalty=np.float32(1), seed=np.int32(0))
+    result = {"tfdialogpt_imported": any(m.startswith("tfdialogpt") for m in sys.modules)}
+    for name in ("serving_default", "generate", "generate_xla"):
+        out = loaded.signatures[name](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)
+        result[name] = [out["sequences"].numpy().tolist(), out["lengths"].numpy().tolist()]
+    target = np.zeros_like(ids); target[:, -2:] = 1
+    result["score"] = loaded.signatures["score"](input_ids=tf.constant(ids), attention_mask=tf.constant(np.ones_like(ids)),
+                                                 target_mask=tf.constant(target))["log_probs"].numpy().tolist()
+    try:
+        loaded.signatures["generate"](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **dict(params, top_p=np.float32(1.5)))
+        result["bad_top_p"] = "accepted"
+    except tf.errors.InvalidArgumentError as err:
+        result["bad_top_p"] = err.message
+    print("RESULT " + json.dumps(result))
+""")
+
+
+def test_fresh_tensorflow_only_process_matches_model_generate(model, exported, tmp_path):
+    """Loads the export with nothing but TensorFlow: same greedy tokens as `model.generate`."""
+    new = 10
+    ids, mask = left_pad(PROMPTS)
+    script = tmp_path / "load_export.py"
+    script.write_text(FRESH_PROCESS)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, str(script), exported.path, json.dumps(ids.tolist()), json.dumps(mask.tolist()), str(new)],
+        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["tfdialogpt_imported"] is False
+
+    sequences, lengths = greedy_reference(model, PROMPTS, new)
+    assert sequences.shape == (3, new)
+    for name in ("serving_default", "generate", "generate_xla"):
+        np.testing.assert_array_equal(result[name][0], sequences, err_msg=name)
+        np.testing.assert_array_equal(result[name][1], lengths, err_msg=name)
+
+    from tfdialogpt.scoring import score_tensors
+
+    target = np.zeros_like(ids)
+    target[:, -2:] = 1
+    expected = score_tensors(model, ids, np.ones_like(ids), target).numpy()
+    np.testing.assert_allclose(result["score"], expected, rtol=1e-5, atol=1e-4)
+    assert "top_p must be in (0, 1]" in result["bad_top_p"]
+
+
+def test_warmup_requests_skip_buckets_that_do_not_fit():
+    limits = contract.Limits(vocab_size=257, max_positions=40, eos_token_id=EOS, pad_token_id=EOS,
+                             max_new_tokens_cap=8, warmup_prompt_lengths=(16, 32, 64))
+    logs = warmup_requests(limits, ["generate"])
+    assert [to_ndarray(e.predict_log.request.inputs["input_ids"]).shape for e in logs] == [(1, 16), (1, 32)]
+
+
+def test_export_refuses_bad_settings(model, tmp_path):
+    (tmp_path / "3").mkdir()
+    with pytest.raises(FileExistsError, match="version 3 already exists"):
+        export(model, tmp_path, version=3, max_new_tokens_cap=CAP)
+    with pytest.raises(ValueError, match="max_new_tokens_cap must be in"):
+        export(model, tmp_path, max_new_tokens_cap=SERVE_CONFIG.max_positions)
+    with pytest.raises(ValueError, match="cannot warm up"):
+        export(model, tmp_path, include_xla=False, warmup_signatures=["generate_xla"])
+    assert sorted(os.listdir(tmp_path)) == ["3"], "nothing half-written may be left behind"

@@ -1,0 +1,457 @@
+"""gRPC serving end to end over loopback: the server in a subprocess on a free port, requests
+through the official `PredictionServiceStub` and through our `Client`; concurrency, a new
+version mid-load, a corrupt version, a client leaving mid-request, bad requests, SIGTERM.
+
+Every RPC has a timeout and every wait is bounded."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from serving_utils import (
+    CAP,
+    EOS,
+    MODEL_NAME,
+    WARMUP_LENGTHS,
+    ServerProcess,
+    bucket_pad,
+    greedy_reference,
+    left_pad,
+    make_tokenizer,
+    shared_model,
+    tiny_export,
+)
+
+from tfdialogpt.serving import signatures as contract
+from tfdialogpt.serving.client import Client, InvalidRequestError, ModelNotFoundError
+from tfdialogpt.serving.protos import apis, to_ndarray, to_tensor_proto
+
+RPC_TIMEOUT = 30.0
+
+
+# ---- in-process units: the contract, the protos, the batcher -----------------------------------
+
+
+def test_client_import_does_not_start_tensorflow():
+    code = (
+        "import sys; import tfdialogpt.serving.client as c; c.apis(); "
+        "print(any(m.startswith('tensorflow.python') for m in sys.modules), 'tfdialogpt.model' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_tensor_protos_round_trip_and_match_tensorflow():
+    import tensorflow as tf
+
+    for array in (np.arange(6, dtype=np.int32).reshape(2, 3), np.float32(0.5), np.int64(-7), np.zeros((0, 4), np.int32)):
+        proto = to_tensor_proto(array)
+        np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+        back = to_ndarray(tf.make_tensor_proto(array))
+        assert back.dtype == array.dtype and np.array_equal(back, array)
+    assert to_ndarray(tf.make_tensor_proto(np.full((2, 2), 3, np.int32))).tolist() == [[3, 3], [3, 3]]
+
+
+LIMITS = contract.Limits(vocab_size=257, max_positions=96, eos_token_id=EOS, pad_token_id=EOS, max_new_tokens_cap=CAP)
+
+
+def _generate_inputs(**changes):
+    ids, mask = left_pad([[1, 2, 3]], 4)
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    for parameter in contract.PARAMETERS.values():
+        inputs[parameter.name] = np.asarray(parameter.default, parameter.spec.np_dtype)
+    inputs["max_new_tokens"] = np.asarray(8, np.int32)
+    inputs.update(changes)
+    return inputs
+
+
+# (what is wrong, the inputs, a piece of the expected message) for the contract's checks.
+BAD_INPUTS = [
+    ("missing input", lambda i: {k: v for k, v in i.items() if k != "attention_mask"}, "missing input 'attention_mask'"),
+    ("unexpected input", lambda i: {**i, "beam": np.int32(2)}, "unexpected input 'beam'"),
+    ("wrong dtype", lambda i: {**i, "input_ids": i["input_ids"].astype(np.float32)}, "has dtype DT_FLOAT; signature 'generate' expects DT_INT32"),
+    ("wrong rank", lambda i: {**i, "input_ids": i["input_ids"][0]}, "input 'input_ids' has shape [4]"),
+    ("scalar as vector", lambda i: {**i, "top_k": np.array([1, 2], np.int32)}, "input 'top_k' has shape [2]"),
+    ("mask shape", lambda i: {**i, "attention_mask": np.ones((1, 3), np.int32)}, "must equal input_ids' shape [1, 4]"),
+    ("id out of vocab", lambda i: {**i, "input_ids": np.array([[1, 2, 3, 257]], np.int32)}, "input_ids[0, 3] = 257 is out of range"),
+    ("right padding", lambda i: {**i, "attention_mask": np.array([[1, 1, 1, 0]], np.int32)}, "must be left-padded"),
+    ("mask values", lambda i: {**i, "attention_mask": np.array([[0, 2, 1, 1]], np.int32)}, "masks hold only 0 and 1"),
+    ("max_new_tokens 0", lambda i: {**i, "max_new_tokens": np.int32(0)}, "max_new_tokens=0 is out of range; expected a value in [1, 16]"),
+    ("max_new_tokens over cap", lambda i: {**i, "max_new_tokens": np.int32(CAP + 1)}, "max_new_tokens=17 is out of range"),
+    ("temperature", lambda i: {**i, "temperature": np.float32(-1)}, "temperature=-1 is out of range"),
+    ("top_p", lambda i: {**i, "top_p": np.float32(1.5)}, "top_p=1.5 is out of range; expected a value in (0, 1]"),
+    ("top_k", lambda i: {**i, "top_k": np.int32(300)}, "top_k=300 is out of range"),
+    ("repetition_penalty", lambda i: {**i, "repetition_penalty": np.float32(0)}, "repetition_penalty=0 is out of range"),
+    ("nan", lambda i: {**i, "temperature": np.float32("nan")}, "temperature=nan is out of range"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_contract_names_the_problem(case):
+    _, change, message = case
+    with pytest.raises(contract.ContractError) as err:
+        contract.check_inputs(contract.GENERATE, change(_generate_inputs()), LIMITS)
+    assert message in str(err.value)
+
+
+def test_contract_accepts_a_good_request_and_checks_positions():
+    contract.check_inputs(contract.GENERATE, _generate_inputs(), LIMITS)
+    ids, mask = left_pad([[1] * 90])
+    with pytest.raises(contract.ContractError, match="exceeds the model's 96 positions"):
+        contract.check_inputs(contract.GENERATE, _generate_inputs(input_ids=ids, attention_mask=mask), LIMITS)
+
+
+def test_client_pads_prompts_as_model_generate_does():
+    from tfdialogpt.generation import buckets
+
+    assert contract.PROMPT_BUCKETS == buckets.PROMPT_BUCKETS
+    assert contract.NEW_TOKEN_BUCKETS == buckets.NEW_TOKEN_BUCKETS
+    for length in (1, 15, 16, 17, 100, 900, 1000, 1010):
+        for new in (1, 8, 20, 64):
+            if length + new <= 1024:
+                assert contract.padded_length(length, new, 1024) == buckets.bucket_shapes(length, new, 1024)[0]
+
+
+class _FakeServable:
+    """Rows in, rows out: each output row is its input row + 1000 * (rows in that run)."""
+
+    version = 1
+
+    def __init__(self):
+        self.batch_sizes = []
+        self.lock = threading.Lock()
+
+    def run(self, name, inputs):
+        time.sleep(0.01)
+        with self.lock:
+            self.batch_sizes.append(len(inputs["input_ids"]))
+        ids = inputs["input_ids"]
+        return {"sequences": ids + 1, "lengths": np.full(len(ids), len(ids), np.int32)}
+
+
+def test_batcher_merges_equal_greedy_requests_and_runs_sampled_ones_alone():
+    from tfdialogpt.serving.server import Batcher, _Task, batch_key
+
+    servable = _FakeServable()
+    batcher = Batcher(max_batch_size=4, batch_timeout=0.05, num_threads=1)
+    try:
+        tasks = []
+        for i in range(8):
+            inputs = _generate_inputs(input_ids=np.array([[i, i, i, i]], np.int32))
+            if i >= 6:
+                inputs["temperature"] = np.asarray(0.7, np.float32)  # sampled: alone
+            tasks.append(_Task(servable, "generate", inputs, batch_key(servable, contract.GENERATE, inputs), 1))
+        futures = [batcher.submit(task) for task in tasks]
+        results = [f.result(timeout=RPC_TIMEOUT) for f in futures]
+    finally:
+        batcher.stop()
+    for i, result in enumerate(results):
+        assert result["sequences"].tolist() == [[i + 1] * 4], "each request gets its own rows back"
+    # Six equal greedy requests share runs of at most 4 rows; the two sampled ones run alone.
+    assert sorted(servable.batch_sizes) == [1, 1, 2, 4]
+
+
+# ---- end to end through a server subprocess ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {1: shared_model(seed=0), 2: shared_model(seed=1)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def base(models, tmp_path_factory):
+    base = tmp_path_factory.mktemp("models") / MODEL_NAME
+    shutil.copytree(tiny_export(models[1], tmp_path_factory.getbasetemp() / "shared_export").path, base / "1")
+    return base
+
+
+@pytest.fixture(scope="module")
+def server(base, tmp_path_factory):
+    proc = ServerProcess(base, tmp_path_factory.mktemp("logs") / "server.log")
+    try:
+        proc.wait_for_version(1)
+        yield proc
+    finally:
+        proc.terminate()
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    channel = grpc.insecure_channel(server.target)
+    yield apis().prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    channel.close()
+
+
+def _client(server, tokenizer=None, **kwargs) -> Client:
+    return Client(server.target, MODEL_NAME, tokenizer=tokenizer, timeout=RPC_TIMEOUT, max_positions=96, eos_token_id=EOS, **kwargs)
+
+
+PROMPTS = [[5, 9, 33, 71, EOS], [120, EOS, 7, 8, 200, 14, 3, EOS], [42, EOS], [66, 67, 68, EOS], [1, EOS, 2, EOS]]
+
+
+def _request(ids, mask, signature="generate", max_new_tokens=10, name=MODEL_NAME, **changes):
+    import tensorflow as tf
+
+    request = apis().predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.model_spec.signature_name = signature
+    values = {"input_ids": ids, "attention_mask": mask, **{p.name: np.asarray(p.default, p.spec.np_dtype) for p in contract.PARAMETERS.values()}}
+    values["max_new_tokens"] = np.int32(max_new_tokens)
+    values.update(changes)
+    for key, value in values.items():
+        if value is not None:
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+def test_official_stub_reply_equals_in_process_generate(server, stub, models):
+    import tensorflow as tf
+
+    ids, mask = bucket_pad(PROMPTS[:3], 10)
+    response = stub.Predict(_request(ids, mask), timeout=RPC_TIMEOUT)
+    assert (response.model_spec.name, response.model_spec.signature_name, response.model_spec.version.value) == (MODEL_NAME, "generate", 1)
+    sequences, lengths = greedy_reference(models[1], PROMPTS[:3], 10)
+    np.testing.assert_array_equal(tf.make_ndarray(response.outputs["sequences"]), sequences)
+    np.testing.assert_array_equal(tf.make_ndarray(response.outputs["lengths"]), lengths)
+
+    # serving_default is what a request naming no signature gets; the echo says so.
+    request = _request(ids, mask, signature="")
+    response = stub.Predict(request, timeout=RPC_TIMEOUT)
+    assert response.model_spec.signature_name == "serving_default"
+    np.testing.assert_array_equal(tf.make_ndarray(response.outputs["sequences"]), sequences)
+
+
+def test_client_generate_reply_and_score(server, models, tokenizer):
+    with _client(server, tokenizer) as client:
+        out = client.generate(PROMPTS[:3], max_new_tokens=10)
+        sequences, lengths = greedy_reference(models[1], PROMPTS[:3], 10)
+        np.testing.assert_array_equal(out.sequences, sequences)
+        np.testing.assert_array_equal(out.lengths, lengths)
+        assert out.model_spec == type(out.model_spec)(MODEL_NAME, 1, "generate")
+
+        history = ["Hi!", "How are you?"]
+        prompt = tokenizer.encode_dialogue(history)
+        expected, expected_lengths = greedy_reference(models[1], [prompt], 12)
+        row = expected[0, : expected_lengths[0]].tolist()
+        row = row[: row.index(EOS)] if EOS in row else row
+        assert client.reply(history, max_new_tokens=12) == tokenizer.decode(row, skip_special_tokens=True).strip()
+        assert client.generate_ids([prompt], max_new_tokens=12) == [row]
+
+        from tfdialogpt.scoring import score
+
+        scores = client.score([[5, 9, EOS], [42, EOS]], [[33, 71, EOS], [7]])
+        expected_scores = score(models[1], [[5, 9, EOS], [42, EOS]], [[33, 71, EOS], [7]], pad_id=EOS)
+        np.testing.assert_allclose(scores.log_probs, expected_scores, rtol=1e-5, atol=1e-4)
+        assert scores.num_tokens.tolist() == [3, 1] and scores.model_spec.signature == "score"
+
+        # Sampling is reproducible under a seed (and runs through the same signature).
+        first = client.generate(PROMPTS[:2], max_new_tokens=8, do_sample=True, top_k=20, seed=7)
+        again = client.generate(PROMPTS[:2], max_new_tokens=8, do_sample=True, top_k=20, seed=7)
+        np.testing.assert_array_equal(first.sequences, again.sequences)
+
+
+def test_client_is_a_chat_backend(server, models, tokenizer):
+    from tfdialogpt.chat import Chat
+
+    with _client(server, tokenizer) as client:
+        served, local = Chat(client, tokenizer, max_new_tokens=10), Chat(models[1], tokenizer, max_new_tokens=10)
+        assert served.reply("Hello there") == local.reply("Hello there")
+        assert served.history == local.history
+        with pytest.raises(ValueError, match="num_beams=2 is not served"):
+            Chat(client, tokenizer, max_new_tokens=10, num_beams=2).reply("Hi")
+
+
+def test_metadata_and_status(server):
+    with _client(server) as client:
+        spec, signature_defs = client.metadata()
+        assert spec.name == MODEL_NAME and spec.version == 1
+        assert set(contract.SIGNATURES) <= set(signature_defs)
+        generate = signature_defs["generate_xla"]
+        assert set(generate.inputs) == set(contract.GENERATE.input_names)
+        assert generate.inputs["seed"].dtype == contract.PARAMETERS["seed"].spec.dtype_enum
+        assert generate.method_name == contract.PREDICT_METHOD
+        assert client.status() == {1: ("AVAILABLE", "")}
+
+
+def test_eight_concurrent_clients_get_the_single_client_answers(server):
+    prompts = [PROMPTS[i % len(PROMPTS)] + [10 + i, EOS] for i in range(16)]
+    with _client(server) as client:
+        single = [client.generate([p], max_new_tokens=10).sequences[0].tolist() for p in prompts]
+
+    def worker(offset):
+        with _client(server) as client:  # one channel per client, as separate processes would
+            return [(i, client.generate([prompts[i]], max_new_tokens=10).sequences[0].tolist()) for i in range(offset, 16, 8)]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = [pair for chunk in pool.map(worker, range(8), timeout=120) for pair in chunk]
+    assert len(answers) == 16
+    for i, sequence in answers:
+        assert sequence == single[i], f"prompt {i}"
+
+
+BAD_REQUESTS = [
+    # (case, request changes, status, a piece of the message)
+    ("unknown model", dict(name="nope"), grpc.StatusCode.NOT_FOUND, "model 'nope' not found"),
+    ("unknown signature", dict(signature="beam_search"), grpc.StatusCode.INVALID_ARGUMENT, "signature 'beam_search' not found"),
+    ("missing input", dict(attention_mask=None), grpc.StatusCode.INVALID_ARGUMENT, "missing input 'attention_mask'"),
+    ("wrong dtype", dict(temperature=np.float64(0)), grpc.StatusCode.INVALID_ARGUMENT, "'temperature' has dtype DT_DOUBLE"),
+    ("wrong shape", dict(top_k=np.zeros(3, np.int32)), grpc.StatusCode.INVALID_ARGUMENT, "input 'top_k' has shape [3]"),
+    ("max_new_tokens", dict(max_new_tokens=CAP + 5), grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens=21 is out of range"),
+    ("top_p", dict(top_p=np.float32(0)), grpc.StatusCode.INVALID_ARGUMENT, "top_p=0 is out of range"),
+    ("token id", dict(input_ids=np.full((1, 4), 999, np.int32)), grpc.StatusCode.INVALID_ARGUMENT, "= 999 is out of range"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_requests_get_status_and_message(server, stub, case):
+    _, changes, code, message = case
+    ids, mask = left_pad([[1, 2, 3]], 4)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(_request(ids, mask, **changes), timeout=RPC_TIMEOUT)
+    assert err.value.code() == code
+    assert message in err.value.details()
+    assert server.process.poll() is None
+
+
+def test_bad_requests_through_the_client_and_other_services(server):
+    with _client(server) as client, pytest.raises(InvalidRequestError, match="top_p=2 is out of range"):
+        client.generate([[1, 2]], max_new_tokens=4, top_p=2.0)
+    with Client(server.target, "nope", timeout=RPC_TIMEOUT) as client:
+        with pytest.raises(ModelNotFoundError, match="model 'nope' not found"):
+            client.status()
+        with pytest.raises(ModelNotFoundError, match="model 'nope' not found"):
+            client.metadata()
+    with Client(server.target, MODEL_NAME, version=9, timeout=RPC_TIMEOUT) as client:
+        with pytest.raises(ModelNotFoundError, match="version 9 of model 'dialogpt' is not being served"):
+            client.generate([[1, 2]], max_new_tokens=2)
+        with pytest.raises(ModelNotFoundError, match="version 9 of model 'dialogpt' was never seen"):
+            client.status()
+
+
+def test_client_leaving_mid_request_leaves_the_server_unaffected(server, stub, models):
+    ids, mask = bucket_pad(PROMPTS * 8, CAP)  # 40 rows: long enough to be cut off
+    future = stub.Predict.future(_request(ids, mask, max_new_tokens=CAP), timeout=RPC_TIMEOUT)
+    future.cancel()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(_request(ids, mask, max_new_tokens=CAP), timeout=0.001)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    with _client(server) as client:
+        out = client.generate(PROMPTS[:2], max_new_tokens=10)
+    np.testing.assert_array_equal(out.sequences, greedy_reference(models[1], PROMPTS[:2], 10)[0])
+    assert server.process.poll() is None
+
+
+def test_new_version_mid_load_fails_no_request(server, base, models):
+    """Requests keep flowing while version 2 is exported and picked up; none fails, and once
+    version 2 answers, later requests get version 2's tokens."""
+    from tfdialogpt.serving.export import export
+
+    expected = {v: greedy_reference(models[v], PROMPTS[:1], 10)[0][0].tolist() for v in (1, 2)}
+    assert expected[1] != expected[2]
+    failures, answers = [], []
+    stop = threading.Event()
+
+    def load(worker):
+        deadline = time.monotonic() + 180
+        with _client(server) as client:
+            # Bounded in count and time; ends once version 2 has answered a few times.
+            for _ in range(5000):
+                if time.monotonic() > deadline:
+                    return
+                try:
+                    out = client.generate(PROMPTS[:1], max_new_tokens=10)
+                    answers.append((time.monotonic(), out.model_spec.version, out.sequences[0].tolist()))
+                except Exception as err:  # every failure is a test failure
+                    failures.append(repr(err))
+                if stop.is_set():
+                    return
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        export(models[2], base, max_new_tokens_cap=CAP, warmup_prompt_lengths=WARMUP_LENGTHS)  # next version: 2
+        server.wait_for_version(2)
+        deadline = time.monotonic() + 60
+        while sum(v == 2 for _, v, _ in answers) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(120)
+    assert failures == []
+    assert {v for _, v, _ in answers} == {1, 2}, "requests must have run before and after the swap"
+    for _, version, tokens in answers:
+        assert tokens == expected[version]
+    first_v2 = min(t for t, v, _ in answers if v == 2)
+    assert all(v == 2 for t, v, _ in answers if t > first_v2 + 1.0), "after the swap, the new version answers"
+    assert "unloaded version 1" in server.log() or _wait_for_log(server, "unloaded version 1")
+
+
+def _wait_for_log(server, text, timeout=30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in server.log():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(server, base, models):
+    corrupt = base / "3"
+    (corrupt / "variables").mkdir(parents=True)
+    (corrupt / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    assert _wait_for_log(server, "refused version 3"), server.log()
+    with _client(server) as client:
+        status = client.status()
+        assert status[3][0] == "END" and status[3][1], status
+        assert status[2] == ("AVAILABLE", "")
+        out = client.generate(PROMPTS[:1], max_new_tokens=10)
+    assert out.model_spec.version == 2
+    np.testing.assert_array_equal(out.sequences, greedy_reference(models[2], PROMPTS[:1], 10)[0])
+    assert server.process.poll() is None
+
+
+def test_sigterm_shuts_down_cleanly(server):
+    """Runs last in this module: the server finishes and exits 0 on SIGTERM."""
+    with _client(server) as client:
+        pending = client._predict.Predict.future(
+            _request(*bucket_pad(PROMPTS, CAP), max_new_tokens=CAP), timeout=RPC_TIMEOUT
+        )
+        time.sleep(0.05)
+        assert server.terminate(timeout=60) == 0
+        assert pending.result(timeout=RPC_TIMEOUT).model_spec.version.value == 2, "the request in flight is answered"
+    log = server.log()
+    assert "received SIGTERM" in log and log.rstrip().endswith("stopped"), log[-2000:]
+    assert "Traceback" not in log, log
+
+
+def test_deployment_configs_parse():
+    """serving/models.config is a valid ModelServerConfig; the batching file is understood."""
+    from tfdialogpt.serving.server import read_batching_parameters, read_model_config
+
+    root = os.path.join(os.path.dirname(__file__), os.pardir, "serving")
+    [model] = read_model_config(os.path.join(root, "models.config"))
+    assert (model.name, model.base_path, model.num_versions) == ("dialogpt", "/models/dialogpt", 2)
+    assert read_batching_parameters(os.path.join(root, "batching_parameters.txt"))["max_batch_size"] == 8
+    with open(os.path.join(root, "docker-compose.yml")) as f:
+        compose = f.read()
+    for flag in ("--xla_cpu_compilation_enabled=true", "--model_config_file=", "--monitoring_config_file=", '"8500:8500"', '"8501:8501"'):
+        assert flag in compose

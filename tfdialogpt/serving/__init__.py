@@ -1,0 +1,38 @@
+"""Serving: SavedModel export in TF Serving's layout, a gRPC server with TF Serving's API, a client.
+
+    >>> from tfdialogpt.serving import Client
+    >>> Client("localhost:8500", "dialogpt").generate([[15496, 50256]])  # doctest: +SKIP
+
+Names are imported lazily: `Client` needs neither TensorFlow nor a model, while `export` and
+`ModelServer` load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_PUBLIC = {
+    "Client": "tfdialogpt.serving.client",
+    "Generation": "tfdialogpt.serving.client",
+    "Scores": "tfdialogpt.serving.client",
+    "ModelSpec": "tfdialogpt.serving.client",
+    "ServingError": "tfdialogpt.serving.client",
+    "InvalidRequestError": "tfdialogpt.serving.client",
+    "ModelNotFoundError": "tfdialogpt.serving.client",
+    "ServerUnavailableError": "tfdialogpt.serving.client",
+    "ServingTimeoutError": "tfdialogpt.serving.client",
+    "export": "tfdialogpt.serving.export",
+    "ModelServer": "tfdialogpt.serving.server",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'tfdialogpt.serving' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_PUBLIC))

@@ -1,0 +1,438 @@
+"""The serving contract: signature names, input and output keys, dtypes, shapes, value ranges.
+
+Defined once here and used by all three sides:
+- `export.py` builds the SavedModel's signatures from `SIGNATURES` (`tf_input_signature`);
+- `server.py` checks every request against it (`check_inputs`) and answers bad ones with
+  INVALID_ARGUMENT and a message naming the input and what was expected;
+- `client.py` builds requests from it.
+
+A reply is generated from a left-padded prompt, so every row's history ends at the last
+column, where the reply starts. `temperature == 0` means greedy decoding (argmax); any
+positive temperature samples, with `seed` making the draw reproducible.
+
+This module needs only numpy: a client machine imports it without TensorFlow.
+
+Example:
+    >>> GENERATE.input_names
+    ('input_ids', 'attention_mask', 'max_new_tokens', 'temperature', 'top_k', 'top_p', 'repetition_penalty', 'seed')
+    >>> SIGNATURES["score"].output_names
+    ('log_probs', 'num_tokens')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+# ---- names -----------------------------------------------------------------------------------
+
+DEFAULT_SIGNATURE = "serving_default"  # what TF Serving runs when a request names none
+GENERATE_SIGNATURE = "generate"  # the decoding loop, plain graph: runs on stock TF Serving
+GENERATE_XLA_SIGNATURE = "generate_xla"  # the same loop with jit_compile=True (needs XLA flags)
+SCORE_SIGNATURE = "score"  # log P(reply | context), for MMI reranking
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+SERVING_TAG = "serve"
+
+# TF Serving's layout: BASE/<version>/saved_model.pb, with extras beside the model.
+SAVED_MODEL_FILE = "saved_model.pb"
+ASSETS_EXTRA_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"  # TFRecord of PredictionLog, read at load time
+METADATA_FILE = "tfdialogpt.json"  # limits of this export (below); TF Serving ignores it
+METADATA_FORMAT = 1
+
+# Export defaults.
+DEFAULT_MAX_NEW_TOKENS_CAP = 64  # the decoding buffer every generate call preallocates
+# Clients left-pad prompts to one of these lengths (those of `tfdialogpt.generation.buckets`),
+# so the XLA signature compiles once per bucket and answers equal in-process `generate`.
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024)
+NEW_TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024)
+DEFAULT_WARMUP_PROMPT_LENGTHS = PROMPT_BUCKETS  # one warmup record per bucket that fits
+MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many
+
+# TensorFlow's DataType enum values (tensorflow/core/framework/types.proto) for the dtypes used.
+DTYPE_ENUMS = {"float32": 1, "int32": 3, "int64": 9}
+DTYPE_NAMES = {1: "DT_FLOAT", 3: "DT_INT32", 9: "DT_INT64"}
+# TensorFlow's names of the numpy dtypes a request may carry, for error messages.
+_TF_NAME_OF_NUMPY = {
+    "float16": "DT_HALF", "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "bool": "DT_BOOL",
+    "int8": "DT_INT8", "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64",
+    "uint8": "DT_UINT8", "uint16": "DT_UINT16", "uint32": "DT_UINT32", "uint64": "DT_UINT64",
+}
+
+
+class ContractError(ValueError):
+    """A request does not fit a signature; the message names the input and the expectation."""
+
+
+# ---- tensors and signatures ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output of a signature.
+
+    Args:
+        name: the key in `PredictRequest.inputs` / `PredictResponse.outputs`.
+        dtype: numpy dtype name (`"int32"`, `"float32"`, `"int64"`).
+        shape: axis names; `()` is a scalar. Every named axis has a dynamic size.
+        doc: what it holds.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[str, ...]
+    doc: str
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    @property
+    def dtype_enum(self) -> int:
+        """TensorFlow's `DataType` enum value (`DT_INT32` is 3)."""
+        return DTYPE_ENUMS[self.dtype]
+
+    @property
+    def dtype_name(self) -> str:
+        return DTYPE_NAMES[self.dtype_enum]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def static_shape(self) -> tuple[None, ...]:
+        """The shape as TensorFlow sees it: every axis of unknown size."""
+        return (None,) * self.rank
+
+    def describe(self) -> str:
+        axes = "[" + ", ".join(self.shape) + "]" if self.shape else "scalar"
+        return f"{self.dtype} {axes}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """A scalar input with a default and an allowed range (`low`/`high` inclusive unless open)."""
+
+    spec: TensorSpec
+    default: float | int
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def range_text(self, high: float | None = None) -> str:
+        high = self.high if high is None else high
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open else "]"
+        low_text = "-inf" if self.low is None else _number(self.low)
+        high_text = "inf" if high is None else _number(high)
+        return f"{left}{low_text}, {high_text}{right}"
+
+    def check(self, value: float | int, high: float | None = None) -> None:
+        """Raises `ContractError` if `value` is outside the range (`high` overrides the cap)."""
+        high = self.high if high is None else high
+        bad = not math.isfinite(float(value))
+        if self.low is not None:
+            bad |= value <= self.low if self.low_open else value < self.low
+        if high is not None:
+            bad |= value >= high if self.high_open else value > high
+        if bad:
+            raise ContractError(
+                f"{self.name}={_number(value)} is out of range; expected a value in "
+                f"{self.range_text(high)} ({self.spec.doc})"
+            )
+
+
+def _number(value: float | int) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """A named SignatureDef: its inputs and outputs, all required, in this order."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    doc: str
+    jit_compile: bool = False
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.outputs)
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"signature {self.name!r} has no input {name!r}; it takes {', '.join(self.input_names)}")
+
+    def output(self, name: str) -> TensorSpec:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"signature {self.name!r} has no output {name!r}; it gives {', '.join(self.output_names)}")
+
+
+# ---- the signatures --------------------------------------------------------------------------
+
+_PROMPT = (
+    TensorSpec("input_ids", "int32", ("batch", "length"), "prompt token ids, left-padded"),
+    TensorSpec("attention_mask", "int32", ("batch", "length"), "1 for prompt tokens, 0 for left padding"),
+)
+
+PARAMETERS: dict[str, Parameter] = {
+    p.name: p
+    for p in (
+        # high is the export's cap, read from its metadata (`Limits.max_new_tokens_cap`).
+        Parameter(TensorSpec("max_new_tokens", "int32", (), "tokens to generate at most"), 32, low=1),
+        Parameter(
+            TensorSpec("temperature", "float32", (), "0 decodes greedily; > 0 samples"), 0.0, low=0.0
+        ),
+        Parameter(TensorSpec("top_k", "int32", (), "keep the k most likely tokens; 0 keeps all"), 0, low=0),
+        Parameter(
+            TensorSpec("top_p", "float32", (), "nucleus sampling mass; 1 keeps all"),
+            1.0,
+            low=0.0,
+            high=1.0,
+            low_open=True,
+        ),
+        Parameter(
+            TensorSpec("repetition_penalty", "float32", (), "HF's repetition penalty; 1 is off"),
+            1.0,
+            low=0.0,
+            low_open=True,
+        ),
+        Parameter(TensorSpec("seed", "int32", (), "seed of the stateless sampler"), 0, low=0),
+    )
+}
+
+_GENERATE_OUTPUTS = (
+    TensorSpec(
+        "sequences",
+        "int32",
+        ("batch", "new_tokens"),
+        "generated ids only (no prompt); after a row's EOS, the pad id",
+    ),
+    TensorSpec("lengths", "int32", ("batch",), "generated tokens per row, its EOS included"),
+)
+
+GENERATE = Signature(
+    GENERATE_SIGNATURE,
+    _PROMPT + tuple(p.spec for p in PARAMETERS.values()),
+    _GENERATE_OUTPUTS,
+    "Continues each left-padded prompt: the whole decoding loop with its KV cache, plain graph.",
+)
+GENERATE_XLA = dataclasses.replace(
+    GENERATE,
+    name=GENERATE_XLA_SIGNATURE,
+    doc="The same decoding loop compiled with XLA (TF Serving needs --xla_cpu_compilation_enabled).",
+    jit_compile=True,
+)
+SCORE = Signature(
+    SCORE_SIGNATURE,
+    (
+        TensorSpec("input_ids", "int32", ("batch", "length"), "context then reply, right-padded"),
+        TensorSpec("attention_mask", "int32", ("batch", "length"), "1 for tokens, 0 for right padding"),
+        TensorSpec("target_mask", "int32", ("batch", "length"), "1 on the reply tokens to score"),
+    ),
+    (
+        TensorSpec("log_probs", "float32", ("batch",), "sum of log P(token | before) over target tokens"),
+        TensorSpec("num_tokens", "int32", ("batch",), "target tokens per row"),
+    ),
+    "log P(reply | context) per row, for MMI reranking.",
+)
+
+SIGNATURES: dict[str, Signature] = {
+    DEFAULT_SIGNATURE: dataclasses.replace(GENERATE, name=DEFAULT_SIGNATURE),
+    GENERATE_SIGNATURE: GENERATE,
+    GENERATE_XLA_SIGNATURE: GENERATE_XLA,
+    SCORE_SIGNATURE: SCORE,
+}
+
+
+def signature(name: str) -> Signature:
+    """The contract of a signature by name; `""` means `serving_default` as in TF Serving.
+
+    Raises:
+        ContractError: no such signature.
+    """
+    name = name or DEFAULT_SIGNATURE
+    if name not in SIGNATURES:
+        raise ContractError(f"unknown signature {name!r}; this model serves {', '.join(SIGNATURES)}")
+    return SIGNATURES[name]
+
+
+def _round_up(length: int, buckets: tuple[int, ...]) -> int:
+    return next((size for size in buckets if size >= length), length)
+
+
+def padded_length(length: int, max_new_tokens: int, max_positions: int) -> int:
+    """The prompt width a client left-pads `length` tokens to: the smallest bucket, clipped
+    so that the bucketed new tokens still fit the positions (as `model.generate` pads).
+
+    Example:
+        >>> padded_length(20, 32, 1024), padded_length(1000, 20, 1024)
+        (32, 1000)
+    """
+    new = min(_round_up(max_new_tokens, NEW_TOKEN_BUCKETS), max_positions - length)
+    return max(length, min(_round_up(length, PROMPT_BUCKETS), max_positions - new))
+
+
+# ---- limits of one export --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one export allows, written to `assets.extra/tfdialogpt.json` by the exporter."""
+
+    vocab_size: int
+    max_positions: int
+    eos_token_id: int
+    pad_token_id: int
+    max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP
+    warmup_prompt_lengths: tuple[int, ...] = DEFAULT_WARMUP_PROMPT_LENGTHS
+
+    def to_json_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["warmup_prompt_lengths"] = list(self.warmup_prompt_lengths)
+        return {"format": METADATA_FORMAT, "signatures": list(SIGNATURES), **data}
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> Limits:
+        if data.get("format") != METADATA_FORMAT:
+            raise ContractError(f"{METADATA_FILE} has format {data.get('format')!r}; expected {METADATA_FORMAT}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING)
+        if missing:
+            raise ContractError(f"{METADATA_FILE} is missing {', '.join(missing)}")
+        values = {k: v for k, v in data.items() if k in fields}
+        if "warmup_prompt_lengths" in values:
+            values["warmup_prompt_lengths"] = tuple(values["warmup_prompt_lengths"])
+        return cls(**values)
+
+
+# ---- request checks (used by the server; pure numpy) -----------------------------------------
+
+
+def check_inputs(sig: Signature, inputs: Mapping[str, np.ndarray], limits: Limits | None = None) -> None:
+    """Checks a request's tensors against a signature, and values against an export's limits.
+
+    Args:
+        sig: the signature asked for.
+        inputs: input name to array, as decoded from the request.
+        limits: the export's limits; without them only keys, dtypes and shapes are checked.
+
+    Raises:
+        ContractError: the first problem found, naming the input and what was expected.
+    """
+    unexpected = sorted(set(inputs) - set(sig.input_names))
+    if unexpected:
+        raise ContractError(
+            f"unexpected input {unexpected[0]!r} for signature {sig.name!r}; it takes "
+            f"{', '.join(sig.input_names)}"
+        )
+    for spec in sig.inputs:
+        if spec.name not in inputs:
+            raise ContractError(
+                f"missing input {spec.name!r} for signature {sig.name!r} ({spec.describe()}: {spec.doc})"
+            )
+        value = inputs[spec.name]
+        if value.dtype != spec.np_dtype:
+            got = _TF_NAME_OF_NUMPY.get(value.dtype.name, value.dtype.name)
+            raise ContractError(
+                f"input {spec.name!r} has dtype {got}; signature {sig.name!r} expects {spec.dtype_name}"
+            )
+        if value.ndim != spec.rank:
+            raise ContractError(
+                f"input {spec.name!r} has shape {list(value.shape)}; signature {sig.name!r} expects "
+                f"{spec.describe()} (rank {spec.rank})"
+            )
+    if sig.inputs[0].name == "input_ids":
+        _check_batch(sig, inputs, limits)
+    if limits is None:
+        return
+    if sig.name == SCORE_SIGNATURE:
+        _check_score_values(inputs, limits)
+    else:
+        _check_generate_values(inputs, limits)
+
+
+def _check_batch(sig: Signature, inputs: Mapping[str, np.ndarray], limits: Limits | None) -> None:
+    ids = inputs["input_ids"]
+    if ids.shape[0] < 1 or ids.shape[1] < 1:
+        raise ContractError(f"input 'input_ids' has shape {list(ids.shape)}; expected at least one row and one column")
+    for spec in sig.inputs[1:]:
+        if spec.rank == 2 and inputs[spec.name].shape != ids.shape:
+            raise ContractError(
+                f"input {spec.name!r} has shape {list(inputs[spec.name].shape)}; it must equal "
+                f"input_ids' shape {list(ids.shape)}"
+            )
+    if limits is not None:
+        bad = np.argwhere((ids < 0) | (ids >= limits.vocab_size))
+        if bad.size:
+            row, col = bad[0]
+            raise ContractError(
+                f"input_ids[{row}, {col}] = {ids[row, col]} is out of range; token ids must be in "
+                f"[0, {limits.vocab_size})"
+            )
+    for name in ("attention_mask", "target_mask"):
+        if name in inputs:
+            bad = np.argwhere((inputs[name] != 0) & (inputs[name] != 1))
+            if bad.size:
+                row, col = bad[0]
+                raise ContractError(f"{name}[{row}, {col}] = {inputs[name][row, col]}; masks hold only 0 and 1")
+
+
+def _check_generate_values(inputs: Mapping[str, np.ndarray], limits: Limits) -> None:
+    mask = inputs["attention_mask"]
+    empty = np.flatnonzero(mask.sum(axis=1) == 0)
+    if empty.size:
+        raise ContractError(f"attention_mask row {empty[0]} is all zeros; every prompt needs at least one token")
+    right_padded = np.flatnonzero(mask[:, -1] == 0)
+    if right_padded.size:
+        raise ContractError(
+            f"attention_mask[{right_padded[0]}, -1] is 0: prompts must be left-padded, the reply "
+            "starts after the last column"
+        )
+    for name, parameter in PARAMETERS.items():
+        high = limits.max_new_tokens_cap if name == "max_new_tokens" else None
+        parameter.check(inputs[name].item(), high)
+    top_k = int(inputs["top_k"])
+    if top_k > limits.vocab_size:
+        raise ContractError(f"top_k={top_k} is out of range; expected a value in [0, {limits.vocab_size}] (the vocabulary size)")
+    length, new = mask.shape[1], int(inputs["max_new_tokens"])
+    if length + new > limits.max_positions:
+        raise ContractError(
+            f"prompt length {length} + max_new_tokens {new} = {length + new} exceeds the model's "
+            f"{limits.max_positions} positions; shorten the history"
+        )
+
+
+def _check_score_values(inputs: Mapping[str, np.ndarray], limits: Limits) -> None:
+    mask, target = inputs["attention_mask"], inputs["target_mask"]
+    outside = np.argwhere((target == 1) & (mask == 0))
+    if outside.size:
+        row, col = outside[0]
+        raise ContractError(f"target_mask[{row}, {col}] is 1 on padding (attention_mask is 0 there)")
+    first = np.flatnonzero(target[:, 0] == 1)
+    if first.size:
+        raise ContractError(
+            f"target_mask[{first[0]}, 0] is 1; the first token has no context to be scored after"
+        )
+    if mask.shape[1] > limits.max_positions:
+        raise ContractError(f"rows of {mask.shape[1]} tokens exceed the model's {limits.max_positions} positions")
