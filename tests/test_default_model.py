@@ -1,0 +1,83 @@
+"""The embedded default model (`tfdialogpt/assets/default/`, built by
+`scripts/build_default_model.py`): small, loads offline, greets back, HF-compatible."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfdialogpt.checkpoint import DEFAULT_MODEL_DIR
+
+GREETINGS = ("hi", "hello", "greetings", "hey", "good morning", "how are you")
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from tfdialogpt import DialoGPT
+    from tfdialogpt.tokenizer import Tokenizer
+
+    return DialoGPT.from_pretrained("default"), Tokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+
+
+def test_files_and_size_budget():
+    for name in ("config.json", "tf_model.h5", "vocab.json", "merges.txt", "build_report.json"):
+        assert (DEFAULT_MODEL_DIR / name).is_file(), name
+    total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir() if p.is_file())
+    assert total <= 15 * 1024 * 1024, total
+
+
+def test_loads_without_network(monkeypatch):
+    from tfdialogpt import DialoGPT
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access during an offline load")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = DialoGPT.from_pretrained("default")
+    assert model.config.vocab_size == json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["vocab_size"]
+
+
+def test_hello_gets_a_greeting(default_model):
+    from tfdialogpt.training.finetune import generate_replies
+
+    model, tokenizer = default_model
+    hello, hi, how = generate_replies(model, tokenizer, [["Hello"], ["Hi"], ["How are you?"]], max_new_tokens=16)
+    assert any(word in hello.lower() for word in GREETINGS), hello
+    assert any(word in hi.lower() for word in GREETINGS), hi
+    assert how  # a non-empty answer
+    report = json.loads((DEFAULT_MODEL_DIR / "build_report.json").read_text())
+    assert report["greedy_replies"]["Hello"] == hello  # the build's own record agrees
+
+
+def test_transformers_loads_it_with_the_same_tokens_and_logits(default_model):
+    from transformers import GPT2TokenizerFast, TFGPT2LMHeadModel
+
+    model, tokenizer = default_model
+    text = "Hello, how are you doing today?"
+    assert GPT2TokenizerFast.from_pretrained(DEFAULT_MODEL_DIR).encode(text) == tokenizer.encode(text)
+    ids = np.array([tokenizer.encode_dialogue(["Hello", "Hi"])], np.int32)
+    hf = TFGPT2LMHeadModel.from_pretrained(DEFAULT_MODEL_DIR)
+    np.testing.assert_allclose(hf(ids).logits.numpy(), model(ids).numpy(), atol=1e-4)
+
+
+def test_reported_validation_perplexity_is_reproduced(default_model):
+    pytest.importorskip("chatterbot_corpus", reason="the build's validation split comes from chatterbot-corpus")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import build_default_model as build
+
+    from tfdialogpt.training import evaluate, read_dialogues
+
+    report = json.loads((DEFAULT_MODEL_DIR / "build_report.json").read_text())
+    arguments = report["arguments"]
+    corpus = read_dialogues(build.corpus_dir())
+    _, valid = build.split_corpus(corpus.dialogues, arguments["valid_share"], arguments["window"], arguments["seed"])
+    model, tokenizer = default_model
+    scores = evaluate(model, valid, tokenizer=tokenizer, max_seq_len=arguments["max_seq_len"], generate=False)
+    assert scores["perplexity"] == pytest.approx(report["valid"]["perplexity"], rel=1e-4)
+    assert scores["perplexity"] < 1000

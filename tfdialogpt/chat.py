@@ -1,0 +1,215 @@
+"""Conversations: history kept as turns, DialoGPT's input built from the newest turns that fit,
+replies generated (locally or by a served model), and MMI reranking as in the paper.
+
+    >>> chat = Chat(DialoGPT.from_pretrained("default"), Tokenizer.from_pretrained("default"))  # doctest: +SKIP
+    >>> chat.reply("Hello")  # doctest: +SKIP
+    'Hi there!'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+DEFAULT_MAX_NEW_TOKENS = 40
+
+
+class Backend(Protocol):
+    """What a chat needs from a model: ids in, ids out. Local models and served ones both fit."""
+
+    max_positions: int
+
+    def generate_ids(self, histories: Sequence[Sequence[int]], **sampling: Any) -> list[list[int]]:
+        """Continuations (without the closing EOS) for each history, one batched call."""
+
+    def score_ids(self, contexts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]]) -> np.ndarray:
+        """log P(reply | context) for each pair."""
+
+
+class LocalBackend:
+    """A `DialoGPT` in this process."""
+
+    def __init__(self, model):
+        self.model = model
+        self.max_positions = model.config.max_positions
+        self.eos_token_id = model.config.eos_token_id
+
+    def generate_ids(self, histories, **sampling):
+        width = max(len(h) for h in histories)
+        ids = np.full((len(histories), width), self.eos_token_id, np.int32)
+        mask = np.zeros_like(ids)
+        for row, history in enumerate(histories):  # left padding: every row ends at the same column
+            ids[row, width - len(history) :] = history
+            mask[row, width - len(history) :] = 1
+        out = self.model.generate(ids, attention_mask=mask, **sampling)
+        sequences, lengths = np.asarray(out.sequences), np.asarray(out.lengths)
+        return [_strip_eos(seq[:n].tolist(), self.eos_token_id) for seq, n in zip(sequences, lengths, strict=True)]
+
+    def score_ids(self, contexts, replies):
+        from tfdialogpt.scoring import score
+
+        return score(self.model, contexts, replies, pad_id=self.eos_token_id)
+
+
+def _strip_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
+def as_backend(model_or_backend) -> Backend:
+    if hasattr(model_or_backend, "generate_ids"):
+        return model_or_backend
+    return LocalBackend(model_or_backend)
+
+
+@dataclasses.dataclass
+class MMI:
+    """Maximum mutual information reranking (DialoGPT paper, section 3.2).
+
+    Samples `num_candidates` replies in one batched call, scores each with a reverse model's
+    log P(source | candidate), and picks the best (or samples by softmax(score / temperature)).
+
+    Args:
+        reverse: the reverse (backward) model, trained on dialogues with the turn order
+            reversed: a `DialoGPT` or a backend (e.g. a served export's `score` signature).
+        num_candidates: how many candidates to sample.
+        temperature: None picks the argmax; a float samples from softmax(score / temperature).
+        top_k: top-k for sampling the candidates (the paper used top-K sampling).
+    """
+
+    reverse: Any
+    num_candidates: int = 8
+    temperature: float | None = None
+    top_k: int = 10
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.num_candidates < 1:
+            raise ValueError(f"num_candidates must be at least 1, got {self.num_candidates}")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        self.reverse = as_backend(self.reverse)
+        self._rng = np.random.default_rng(self.seed)
+
+    def scores(self, source: list[int], candidates: Sequence[list[int]], eos: int) -> np.ndarray:
+        """log P(source | candidate) by the reverse model; empty candidates score -inf."""
+        scores = np.full(len(candidates), -np.inf, np.float32)
+        rows = [i for i, c in enumerate(candidates) if c]
+        if rows:
+            contexts = [list(candidates[i]) + [eos] for i in rows]
+            scores[rows] = self.reverse.score_ids(contexts, [source] * len(rows))
+        return scores
+
+    def pick(self, scores: np.ndarray) -> int:
+        if self.temperature is None or not np.isfinite(scores).any():
+            return int(np.argmax(scores))
+        z = (scores - scores[np.isfinite(scores)].max()) / self.temperature
+        p = np.where(np.isfinite(z), np.exp(z), 0.0)
+        return int(self._rng.choice(len(scores), p=p / p.sum()))
+
+
+class Chat:
+    """A dialogue with a DialoGPT model.
+
+    Args:
+        model: a `DialoGPT`, or a backend such as `tfdialogpt.serving.Client` for a served model.
+        tokenizer: the model's `Tokenizer`.
+        max_new_tokens: reply length cap.
+        max_context_tokens: token budget for the history; by default what the model's positions
+            leave after the reply. The newest whole turns that fit are kept.
+        mmi: an `MMI` reranker, or None for plain decoding.
+        **sampling: passed to generate (`do_sample`, `top_k`, `top_p`, `temperature`,
+            `repetition_penalty`, `num_beams`, `seed`, ...).
+
+    Example:
+        >>> chat = Chat(model, tokenizer, do_sample=True, top_p=0.9, seed=0)  # doctest: +SKIP
+        >>> chat.reply("Does money buy happiness?")  # doctest: +SKIP
+    """
+
+    def __init__(self, model, tokenizer, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 max_context_tokens: int | None = None, mmi: MMI | None = None, **sampling: Any):
+        self.backend = as_backend(model)
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        room = self.backend.max_positions - max_new_tokens
+        if room < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a history "
+                             f"in {self.backend.max_positions} positions")
+        self.max_context_tokens = min(max_context_tokens or room, room)
+        self.mmi = mmi
+        self.sampling = sampling
+        self._turns: list[str] = []
+
+    @property
+    def history(self) -> list[str]:
+        """The turns so far, oldest first (user and bot alternating)."""
+        return list(self._turns)
+
+    def reset(self) -> None:
+        self._turns.clear()
+
+    def context_ids(self, text: str | None = None) -> list[int]:
+        """The model input for the history (plus `text` as the newest turn): the newest whole
+        turns that fit the budget, each closed by `<|endoftext|>`."""
+        turns = self._turns + ([text] if text is not None else [])
+        return self.tokenizer.encode_dialogue(turns, max_length=self.max_context_tokens)
+
+    def reply(self, text: str) -> str:
+        """Adds the user's turn, generates, stores and returns the reply."""
+        return reply_batch([self], [text])[0]
+
+    def _choose(self, context: list[int], candidates: list[list[int]]) -> list[int]:
+        if self.mmi is None:
+            return candidates[0]
+        eos = self.tokenizer.eos_token_id
+        # The reverse model reads the dialogue backwards: the candidate, then the source turns
+        # newest first.
+        turns = _split_turns(context, eos)
+        source = [t for turn in reversed(turns) for t in turn + [eos]]
+        return candidates[self.mmi.pick(self.mmi.scores(source, candidates, eos))]
+
+
+def _split_turns(ids: list[int], eos: int) -> list[list[int]]:
+    turns, current = [], []
+    for t in ids:
+        if t == eos:
+            turns.append(current)
+            current = []
+        else:
+            current.append(t)
+    return turns
+
+
+def reply_batch(chats: Sequence[Chat], texts: Sequence[str]) -> list[str]:
+    """Replies for many conversations in one batched generate call (MMI: one call for all
+    candidates of all conversations). Chats must share a backend and sampling settings."""
+    if len(chats) != len(texts):
+        raise ValueError(f"got {len(chats)} chats but {len(texts)} texts")
+    if not chats:
+        return []
+    first = chats[0]
+    for chat in chats[1:]:
+        if chat.backend is not first.backend or chat.sampling != first.sampling or chat.mmi is not first.mmi:
+            raise ValueError("reply_batch needs chats that share one backend, sampling and MMI settings")
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("a user turn must be a non-empty string")
+    contexts = [chat.context_ids(text) for chat, text in zip(chats, texts, strict=True)]
+    sampling = dict(first.sampling, max_new_tokens=first.max_new_tokens)
+    per_chat = 1
+    if first.mmi is not None:
+        per_chat = first.mmi.num_candidates
+        sampling.update(do_sample=True, top_k=first.mmi.top_k)
+        if first.mmi.seed is not None:
+            sampling.setdefault("seed", first.mmi.seed)
+    histories = [ctx for ctx in contexts for _ in range(per_chat)]
+    outputs = first.backend.generate_ids(histories, **sampling)
+    replies = []
+    for i, (chat, text, context) in enumerate(zip(chats, texts, contexts, strict=True)):
+        chosen = chat._choose(context, outputs[i * per_chat : (i + 1) * per_chat])
+        reply = chat.tokenizer.decode(chosen, skip_special_tokens=True).strip()
+        chat._turns += [text, reply]
+        replies.append(reply)
+    return replies

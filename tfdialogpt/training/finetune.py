@@ -1,0 +1,458 @@
+"""`finetune` and `evaluate`: the library calls behind `tfdialogpt finetune` / `evaluate`.
+
+Run settings (`TrainingSettings`) are kept apart from the model's hyperparameters
+(`DialoGPTConfig`). The model is trained by plain `compile` / `fit`, with the pieces of this
+package: `DialogueBatches` (data), `LanguageModelLoss` + `Perplexity`, `make_optimizer`
+(AdamW, warmup and decay, clipping, accumulation), `ResumableBackup` (resume after a kill).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfdialogpt.training import distribute
+from tfdialogpt.training.callbacks import ResumableBackup
+from tfdialogpt.training.data import (
+    DataError,
+    Dialogue,
+    DialogueBatches,
+    DialogueFile,
+    EncodedDialogues,
+    describe_issues,
+    encode_dialogues,
+    read_dialogues,
+)
+from tfdialogpt.training.losses import LanguageModelLoss, Perplexity, token_cross_entropy
+from tfdialogpt.training.optimization import make_optimizer
+
+logger = logging.getLogger("tfdialogpt.training")
+
+PRECISIONS = ("float32", "auto", "mixed_bfloat16", "mixed_float16")
+REPORT_NAME = "training_report.json"
+DEFAULT_MAX_SEQ_LEN = 128  # DialoGPT's prepro.py default
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+    """How to train (not what the model is: that is `DialoGPTConfig`)."""
+
+    epochs: int = 3  # passes over the training data
+    batch_size: int = 8  # dialogues per batch (global: split across replicas)
+    learning_rate: float = 5e-5  # peak AdamW learning rate
+    warmup_steps: int | None = None  # optimizer updates of linear warmup; None = 10% of the run
+    decay: str = "linear"  # after warmup: linear | cosine | noam | constant
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (not on LayerNorm and biases)
+    clip_norm: float | None = 1.0  # clip the global gradient norm; None = no clipping
+    accumulation_steps: int = 1  # batches whose gradients are averaged per update
+    max_seq_len: int | None = None  # longest input, older turns dropped to fit; None = min(128, positions)
+    precision: str = "float32"  # float32 | auto | mixed_bfloat16 | mixed_float16
+    seed: int = 0  # data order and dropout; same seed, same run
+    checkpoint_every: int | None = None  # back up every N batches (and every epoch); None = epochs only
+    backup_dir: str | None = None  # where backups go; default `<output>/backup`
+    tensorboard: bool = False  # write TensorBoard logs to `<output>/logs`
+    early_stopping_patience: int | None = None  # epochs without a better val_loss before stopping
+    strict: bool = False  # raise on malformed data lines instead of reporting and skipping them
+    jit_compile: bool | str = "auto"  # XLA for the train step; auto = on for one device
+    strategy: str = "auto"  # auto | default | mirrored | multi_worker (see distribute.make_strategy)
+    bucket_lengths: tuple[int, ...] | None = None  # padded lengths; None = powers of two
+    verbose: int | str = "auto"  # Keras progress bar (0 = silent)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "accumulation_steps", "max_seq_len"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"`precision` must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"`checkpoint_every` must be >= 1, got {self.checkpoint_every}")
+
+    def replace(self, **changes: Any) -> TrainingSettings:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    """What `finetune` returns."""
+
+    model: Any  # the trained DialoGPT
+    tokenizer: Any
+    history: dict[str, list[float]]  # per-epoch logs: loss, perplexity, val_loss, ...
+    train_issues: list  # malformed training lines (DataIssue), reported and skipped
+    valid_issues: list
+    skipped: list[tuple[str, str]]  # (source, reason): dialogues that yield no example
+    resumed_from: dict | None  # the backup state the run continued from, if any
+    output_dir: str | None
+
+
+# ---- pieces ----------------------------------------------------------------------------------------
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` -> `mixed_float16` with a GPU, else `mixed_bfloat16`; others unchanged."""
+    if precision == "auto":
+        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    return precision
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Builds models created inside under `precision` (Keras layers read the policy when made)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(resolve_precision(precision))
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def load_model_and_tokenizer(model, tokenizer=None, precision: str = "float32"):
+    """(DialoGPT, Tokenizer) from a name (`default`, a directory, a hub id) or instances."""
+    from tfdialogpt.checkpoint import DEFAULT_MODEL_DIR
+    from tfdialogpt.model import DialoGPT
+    from tfdialogpt.tokenizer import Tokenizer
+
+    if isinstance(model, (str, Path)):
+        name = DEFAULT_MODEL_DIR if str(model) == "default" else model
+        if tokenizer is None:
+            tokenizer = Tokenizer.from_pretrained(name)
+        with dtype_policy(precision):
+            model = DialoGPT.from_pretrained(model)
+    else:
+        wanted = resolve_precision(precision)
+        if model.dtype_policy.name != wanted:
+            raise ValueError(
+                f"the model was built with dtype policy {model.dtype_policy.name!r} but precision "
+                f"{precision!r} asks for {wanted!r}; build it under `dtype_policy({precision!r})` "
+                f"or pass its name instead"
+            )
+    if tokenizer is None:
+        raise ValueError("pass `tokenizer=` along with a model instance")
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = Tokenizer.from_pretrained(tokenizer)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}")
+    return model, tokenizer
+
+
+def load_dialogues(data, strict: bool = False, what: str = "data") -> tuple[list[Dialogue], list]:
+    """Dialogues and issues from a path (format by extension) or from `Dialogue`s / turn lists."""
+    if isinstance(data, (str, Path)):
+        found: DialogueFile = read_dialogues(data, strict=strict)
+        if found.issues:
+            logger.warning("%s %s: %s (skipped; strict mode raises instead)", what, found.path,
+                           describe_issues(found.issues))
+        return found.dialogues, found.issues
+    dialogues = [d if isinstance(d, Dialogue) else Dialogue.from_turns(list(d), None, f"{what}[{i}]")
+                 for i, d in enumerate(data)]
+    return dialogues, []
+
+
+def encode(dialogues: Sequence[Dialogue], tokenizer, max_seq_len: int, what: str) -> EncodedDialogues:
+    encoded = encode_dialogues(dialogues, tokenizer, max_seq_len)
+    if encoded.skipped:
+        logger.warning("%s: %s", what, encoded.describe_skipped())
+    return encoded
+
+
+def _max_seq_len(requested: int | None, model) -> int:
+    positions = model.config.max_positions
+    if requested is None:
+        return min(DEFAULT_MAX_SEQ_LEN, positions)
+    if requested > positions:
+        raise ValueError(f"max_seq_len={requested} exceeds the model's {positions} positions")
+    return requested
+
+
+def _resolve_jit(setting, strategy) -> bool:
+    if setting != "auto":
+        return bool(setting)
+    # XLA fuses the train step well on one device; with several replicas Keras does not use it.
+    return strategy.num_replicas_in_sync == 1
+
+
+def compile_for_training(model, settings: TrainingSettings, total_updates: int, jit_compile: bool) -> None:
+    """`model.compile` with this package's optimizer, loss and perplexity metric."""
+    warmup = settings.warmup_steps
+    if warmup is None:
+        warmup = int(0.1 * total_updates)
+    optimizer = make_optimizer(
+        settings.learning_rate, total_updates, warmup_steps=warmup, decay=settings.decay,
+        weight_decay=settings.weight_decay, clip_norm=settings.clip_norm,
+        accumulation_steps=settings.accumulation_steps,
+    )
+    # `weighted_metrics`: Keras passes the token weights only to these.
+    model.compile(optimizer=optimizer, loss=LanguageModelLoss(), weighted_metrics=[Perplexity()],
+                  jit_compile=jit_compile)
+
+
+# ---- finetune ------------------------------------------------------------------------------------
+
+
+def finetune(model="default", train=None, valid=None, output_dir=None, *, tokenizer=None,
+             settings: TrainingSettings | None = None, callbacks: Sequence = (), distribution=None,
+             **overrides) -> FinetuneResult:
+    """Fine-tunes (or trains from scratch) a DialoGPT on dialogues and saves it in HF layout.
+
+    Args:
+        model: `"default"`, a checkpoint directory, a hub id, or a `DialoGPT` instance (then
+            also pass `tokenizer`).
+        train: a .tsv / .jsonl / .yml file (or a directory of them), or a list of
+            `Dialogue`s or turn lists.
+        valid: the same, for validation loss / perplexity after every epoch.
+        output_dir: where the trained model, its tokenizer, `training_report.json`,
+            backups and logs go. None: keep the model in memory only.
+        settings: a `TrainingSettings`; `**overrides` replace some of its fields
+            (`finetune(..., epochs=5, batch_size=16)`).
+        callbacks: more Keras callbacks.
+        distribution: a `tf.distribute.Strategy`; default: made from `settings.strategy`.
+    Returns:
+        A `FinetuneResult` (model, tokenizer, history, data reports).
+    Raises:
+        DataError: no usable example, or malformed lines with `strict=True`.
+
+    A run whose `output_dir` (or `backup_dir`) holds a backup from a killed run continues
+    from it, batch for batch, and ends with the weights an uninterrupted run would have.
+    `settings.seed` seeds Python, NumPy and TensorFlow (`keras.utils.set_random_seed`).
+
+    Under `tf.distribute`, Keras averages the replicas' weighted-mean losses and clips each
+    replica's gradient by its own norm; with one replica the loss is exactly the batch's
+    token-weighted mean.
+
+    Example:
+        >>> result = finetune("default", "chats.tsv", output_dir="out", epochs=2)  # doctest: +SKIP
+        >>> result.history["loss"]
+    """
+    settings = (settings or TrainingSettings()).replace(**overrides)
+    if train is None:
+        raise ValueError("finetune needs `train` data")
+    strategy = distribution or distribute.make_strategy(settings.strategy)
+    keras.utils.set_random_seed(settings.seed)
+
+    train_dialogues, train_issues = load_dialogues(train, settings.strict, "train")
+    valid_dialogues, valid_issues = load_dialogues(valid, settings.strict, "valid") if valid is not None else ([], [])
+    with strategy.scope():
+        model, tokenizer = load_model_and_tokenizer(model, tokenizer, settings.precision)
+    max_seq_len = _max_seq_len(settings.max_seq_len, model)
+    train_examples = encode(train_dialogues, tokenizer, max_seq_len, "train")
+    pad_id = tokenizer.eos_token_id
+    batches = DialogueBatches(train_examples.examples, settings.batch_size, pad_id, settings.seed,
+                              settings.bucket_lengths)
+    valid_data = None
+    if valid_dialogues:
+        valid_examples = encode(valid_dialogues, tokenizer, max_seq_len, "valid")
+        valid_data = DialogueBatches(valid_examples.examples, settings.batch_size, pad_id, settings.seed,
+                                     settings.bucket_lengths).eval_dataset()
+
+    total_updates = max(1, math.ceil(batches.batches_per_epoch * settings.epochs / settings.accumulation_steps))
+    with strategy.scope():
+        compile_for_training(model, settings, total_updates, _resolve_jit(settings.jit_compile, strategy))
+
+    chief = distribute.is_chief()
+    all_callbacks = list(callbacks)
+    backup = None
+    backup_dir = settings.backup_dir or (str(Path(output_dir) / "backup") if output_dir else None)
+    if backup_dir:
+        if not chief:  # every worker backs up and restores its own (identical) state
+            backup_dir = f"{backup_dir}-{distribute.task_id()}"
+        backup = ResumableBackup(backup_dir, save_freq=settings.checkpoint_every or "epoch",
+                                 delete_checkpoint=False)
+        all_callbacks.append(backup)
+    if settings.tensorboard and output_dir and chief:
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ImportError("TensorBoard logs need the `tensorboard` package: pip install tensorboard")
+        all_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path(output_dir) / "logs")))
+    if settings.early_stopping_patience is not None and valid_data is not None:
+        all_callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True))
+
+    resumed = backup.state() if backup else None
+    start_epoch, skip = (resumed["epoch"], resumed["batch"]) if resumed else (0, 0)
+    if resumed:
+        logger.warning("resuming from %s: epoch %d, %d of %d batches done", backup_dir, start_epoch + 1, skip,
+                       batches.batches_per_epoch)
+    history: dict[str, list[float]] = {}
+    fit_args = dict(validation_data=valid_data, callbacks=all_callbacks, verbose=settings.verbose, shuffle=False)
+    _build_before_fit(model, strategy, batches)
+    with strategy.scope(), _multi_worker_logs(strategy):
+        _fit(model, batches, settings, start_epoch, skip, backup, history, fit_args)
+    if resumed and not skip and start_epoch >= settings.epochs:
+        backup.restore(model)  # killed after its last epoch, before saving: nothing left to train
+
+
+    if output_dir and chief:
+        model.save_pretrained(output_dir, tokenizer=tokenizer)
+        report = {
+            "settings": dataclasses.asdict(settings),
+            "history": history,
+            "train_examples": len(train_examples.examples),
+            "train_tokens_with_loss": train_examples.num_tokens,
+            "malformed_lines": {"train": [str(i) for i in train_issues], "valid": [str(i) for i in valid_issues]},
+            "skipped_dialogues": [f"{src}: {why}" for src, why in train_examples.skipped],
+            "resumed_from": resumed and {k: resumed[k] for k in ("epoch", "batch")},
+        }
+        (Path(output_dir) / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if backup and backup_dir and Path(backup_dir).exists():
+        shutil.rmtree(backup_dir, ignore_errors=True)
+    return FinetuneResult(model, tokenizer, history, train_issues, valid_issues, train_examples.skipped,
+                          resumed, str(output_dir) if output_dir else None)
+
+
+def _fit(model, batches, settings, start_epoch, skip, backup, history, fit_args) -> None:
+    if skip and start_epoch < settings.epochs:
+        # Finish the interrupted epoch alone: Keras epochs have one length per `fit`.
+        backup.batch_offset = skip
+        _merge(history, model.fit(batches.train_dataset(start_epoch, start_epoch + 1, skip),
+                                  initial_epoch=start_epoch, epochs=start_epoch + 1, **fit_args))
+        start_epoch += 1
+        if model.stop_training:  # early stopping
+            return
+    if start_epoch < settings.epochs:
+        _merge(history, model.fit(batches.train_dataset(start_epoch, settings.epochs),
+                                  steps_per_epoch=batches.batches_per_epoch,
+                                  initial_epoch=start_epoch, epochs=settings.epochs, **fit_args))
+
+
+def _build_before_fit(model, strategy, batches) -> None:
+    """Works around Keras 3.15 under `MultiWorkerMirroredStrategy`.
+
+    Under a strategy, `fit` first builds the model's state from one batch it reduces across
+    replicas; that reduce fails for nested batches (our dict inputs) with the multi-worker
+    strategy's collectives. Build from a local batch instead, and let `fit` skip its own build
+    (it does when the model holds no strategy; `fit` then takes it from the enclosing scope).
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    with strategy.scope():
+        model._symbolic_build(data_batch=next(iter(batches.eval_dataset())))
+    model._distribute_strategy = None
+
+
+@contextlib.contextmanager
+def _multi_worker_logs(strategy):
+    """Works around Keras 3.15 reducing `fit`'s scalar logs with `axis=0` under
+    `MultiWorkerMirroredStrategy` (an error for rank-0 tensors): averages them over all
+    replicas with `axis=None`, as Keras means to. Patched only while our `fit` runs."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        yield
+        return
+    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
+
+    original = keras_tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean"):
+            return original(values, strategy, reduction)
+        return tf.nest.map_structure(
+            lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values)
+
+    keras_tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        keras_tf_trainer.reduce_per_replica = original
+
+
+def _merge(history: dict, fit_history) -> None:
+    for key, values in fit_history.history.items():
+        history.setdefault(key, []).extend(float(v) for v in values)
+
+
+# ---- evaluate ------------------------------------------------------------------------------------
+
+
+def perplexity(model, batches: DialogueBatches) -> dict[str, float]:
+    """Token-weighted loss and perplexity of `model` over one pass of `batches`."""
+
+    @tf.function(autograph=False)
+    def sums(inputs, labels, weights):
+        ce = token_cross_entropy(labels, model(inputs, training=False))
+        return tf.reduce_sum(ce * weights), tf.reduce_sum(weights)
+
+    total, count = 0.0, 0.0
+    for inputs, labels, weights in batches.eval_dataset():
+        batch_total, batch_count = sums(inputs, labels, weights)
+        total, count = total + float(batch_total), count + float(batch_count)
+    loss = total / count if count else float("nan")
+    return {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"), "tokens": int(count)}
+
+
+def generate_replies(model, tokenizer, contexts: Sequence[Sequence[str]], max_new_tokens: int = 32,
+                     max_seq_len: int | None = None, batch_size: int = 16) -> list[str]:
+    """Greedy replies to each context (turns, oldest first), decoded without the EOS.
+
+    Contexts keep their newest turns within `max_seq_len - max_new_tokens` tokens.
+    """
+    eos = tokenizer.eos_token_id
+    replies = []
+    budget = max(1, _max_seq_len(max_seq_len, model) - max_new_tokens)
+    for start in range(0, len(contexts), batch_size):
+        chunk = contexts[start: start + batch_size]
+        histories = [tokenizer.encode_dialogue(list(turns), max_length=budget) for turns in chunk]
+        input_ids, attention_mask = tokenizer.pad(histories, side="left")
+        for row in greedy_reply_ids(model, input_ids, attention_mask, max_new_tokens, eos):
+            replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return replies
+
+
+def greedy_reply_ids(model, input_ids, attention_mask, max_new_tokens: int, eos_token_id: int) -> list[list[int]]:
+    """Greedy new tokens per row, up to (not including) the first EOS, via `model.generate`."""
+    out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                         do_sample=False, eos_token_id=eos_token_id)
+    rows = [seq[:n].tolist() for seq, n in zip(np.asarray(out.sequences), np.asarray(out.lengths), strict=True)]
+    return [row[: row.index(eos_token_id)] if eos_token_id in row else row for row in rows]
+
+
+def evaluate(model="default", data=None, *, tokenizer=None, max_seq_len: int | None = None, batch_size: int = 8,
+             generate: bool = True, max_new_tokens: int = 32, max_dialogues: int | None = None,
+             strict: bool = False) -> dict[str, Any]:
+    """Perplexity on `data`, and the paper's reply metrics on greedy replies to its contexts.
+
+    Each dialogue's last turn is the reference reply to the turns before it.
+
+    Args:
+        model: name, directory, hub id or `DialoGPT` (then pass `tokenizer`).
+        data: a .tsv / .jsonl / .yml file or directory, or `Dialogue`s / turn lists.
+        generate: also generate replies and score them (BLEU-2/4, NIST-2/4, Dist-1/2,
+            Entropy-4, average length).
+        max_seq_len: longest input (older turns dropped); None = min(128, the model's positions).
+        max_dialogues: score replies for the first N dialogues only (perplexity uses all).
+    Returns:
+        `{"loss", "perplexity", "tokens", "malformed_lines", [reply metrics], "samples"}`.
+    """
+    from tfdialogpt.training.metrics import reply_metrics
+
+    if data is None:
+        raise ValueError("evaluate needs `data`")
+    dialogues, issues = load_dialogues(data, strict, "data")
+    model, tokenizer = load_model_and_tokenizer(model, tokenizer)
+    max_seq_len = _max_seq_len(max_seq_len, model)
+    encoded = encode(dialogues, tokenizer, max_seq_len, "data")
+    if not encoded.examples:
+        raise DataError("no dialogue in the data gives an example to score")
+    batches = DialogueBatches(encoded.examples, batch_size, tokenizer.eos_token_id)
+    results: dict[str, Any] = perplexity(model, batches)
+    results["malformed_lines"] = len(issues)
+    if generate:
+        scored = dialogues[:max_dialogues] if max_dialogues else dialogues
+        contexts = [d.turns[:-1] for d in scored]
+        references = [d.turns[-1] for d in scored]
+        replies = generate_replies(model, tokenizer, contexts, max_new_tokens, max_seq_len)
+        results.update(reply_metrics(replies, references))
+        results["samples"] = [{"context": list(c), "reference": r, "reply": h}
+                              for c, r, h in list(zip(contexts, references, replies, strict=True))[:5]]
+    return results
