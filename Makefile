@@ -4,9 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEMO_DIR ?= $(CURDIR)/.cache/demo
 
-.PHONY: demo test lint bench-generate bench-train clean
+.PHONY: demo test lint bench-generate bench-train bench-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +19,7 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	rm -rf $(DEMO_DIR)
-	$(BIN)/tfdialogpt init --preset small --output $(DEMO_DIR)/random-small
-	$(BIN)/tfdialogpt convert --model $(DEMO_DIR)/random-small --output $(DEMO_DIR)/converted --safetensors --no-tokenizer
-	$(BIN)/tfdialogpt info --model $(DEMO_DIR)/converted --check
+	$(BIN)/tfdialogpt demo
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
@@ -37,6 +33,9 @@ bench-generate: $(VENV)/.installed-test
 
 bench-train: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/train.py
+
+bench-serve: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .ruff_cache

@@ -120,6 +120,7 @@ class Chat:
         max_context_tokens: token budget for the history; by default what the model's positions
             leave after the reply. The newest whole turns that fit are kept.
         mmi: an `MMI` reranker, or None for plain decoding.
+        history: earlier turns to start from (oldest first, user and bot alternating).
         **sampling: passed to generate (`do_sample`, `top_k`, `top_p`, `temperature`,
             `repetition_penalty`, `num_beams`, `seed`, ...).
 
@@ -129,7 +130,8 @@ class Chat:
     """
 
     def __init__(self, model, tokenizer, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 max_context_tokens: int | None = None, mmi: MMI | None = None, **sampling: Any):
+                 max_context_tokens: int | None = None, mmi: MMI | None = None, history: Sequence[str] = (),
+                 **sampling: Any):
         self.backend = as_backend(model)
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -140,7 +142,9 @@ class Chat:
         self.max_context_tokens = min(max_context_tokens or room, room)
         self.mmi = mmi
         self.sampling = sampling
-        self._turns: list[str] = []
+        if any(not isinstance(turn, str) for turn in history):
+            raise ValueError("history must be a list of turns (strings), oldest first")
+        self._turns: list[str] = list(history)
 
     @property
     def history(self) -> list[str]:

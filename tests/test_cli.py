@@ -1,0 +1,134 @@
+"""The command line, run as users run it: subprocesses, a real pseudo-terminal for chat."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pexpect
+import pytest
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+COMMANDS = ["info", "init", "convert", "tokenize", "generate", "chat", "finetune", "evaluate", "export", "serve", "demo"]
+
+
+def run(*args, input=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "tfdialogpt", *args], input=input, capture_output=True,
+                          text=True, env=ENV, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def default_greedy():
+    """In-process greedy replies of the default model, to compare the CLI's with."""
+    from tfdialogpt import DialoGPT, Tokenizer
+    from tfdialogpt.chat import Chat
+
+    chat = Chat(DialoGPT.from_pretrained("default"), Tokenizer.from_pretrained("default"))
+    replies = {}
+    for text in ("Hello", "How are you?"):  # each as the first turn of a conversation
+        chat.reset()
+        replies[text] = chat.reply(text)
+    return replies, chat
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(command):
+    out = run(command, "--help", timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "examples:" in out.stdout and f"tfdialogpt {command}" in out.stdout
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    out = run("generate", "--model", str(tmp_path / "missing"), "Hello")
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.startswith("tfdialogpt")]
+    assert len(lines) == 1 and lines[0].startswith("tfdialogpt generate: error: ")
+    assert str(tmp_path / "missing") in lines[0]
+    assert "Traceback" not in out.stderr
+    out = run("generate", "--top-p", "1.5", "Hello")
+    assert out.returncode == 2 and "top_p" in out.stderr and "Traceback" not in out.stderr
+    out = run("generate", "--json", "{bad", timeout=60)
+    assert out.returncode == 2 and "--json is not valid JSON" in out.stderr
+
+
+def test_generate_from_arguments_and_json(default_greedy):
+    replies, _ = default_greedy
+    out = run("generate", "Hello")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == replies["Hello"]
+    out = run("generate", "--json", "-", input=json.dumps({"turns": ["Hello"]}))
+    assert out.stdout.strip() == replies["Hello"]
+
+
+def test_chat_from_a_pipe(default_greedy):
+    replies, _ = default_greedy
+    out = run("chat", input="Hello\n/reset\nHow are you?\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"bot> {replies['Hello']}", "(history cleared)", f"bot> {replies['How are you?']}"]
+
+
+def test_chat_in_a_pseudo_terminal(default_greedy):
+    """Prompt, replies, /reset, /quit through a real pty, as a person types."""
+    replies, chat = default_greedy
+    chat.reset()
+    chat.reply("Hello")
+    second = chat.reply("How are you?")  # the reply with the first exchange as history
+    child = pexpect.spawn(sys.executable, ["-m", "tfdialogpt", "chat"], env=ENV, encoding="utf-8", timeout=120)
+    try:
+        child.expect("/reset starts over")
+        child.expect_exact("you> ")
+        child.sendline("Hello")
+        child.expect_exact(f"bot> {replies['Hello']}")
+        child.expect_exact("you> ")
+        child.sendline("How are you?")
+        child.expect_exact(f"bot> {second}")
+        child.expect_exact("you> ")
+        child.sendline("/reset")
+        child.expect_exact("(history cleared)")
+        child.expect_exact("you> ")
+        child.sendline("How are you?")
+        child.expect_exact(f"bot> {replies['How are you?']}")  # no history after /reset
+        child.expect_exact("you> ")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_chat_ctrl_d_leaves():
+    child = pexpect.spawn(sys.executable, ["-m", "tfdialogpt", "chat"], env=ENV, encoding="utf-8", timeout=120)
+    try:
+        child.expect_exact("you> ")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_init_convert_info_tokenize(tmp_path, tiny_reference):
+    out = run("convert", "--model", str(tiny_reference.path("pt_sharded")), "--output", str(tmp_path / "c"),
+              "--no-tokenizer", "--safetensors")
+    assert out.returncode == 0, out.stderr
+    assert sorted(os.listdir(tmp_path / "c")) == ["config.json", "model.safetensors", "tf_model.h5"]
+    out = run("info", "--model", str(tmp_path / "c"), "--check")
+    info = json.loads(out.stdout)
+    assert info["layers"] == 2 and info["loaded"].startswith("every tensor")
+    out = run("tokenize", "--dialogue", "Hello", "Hi")
+    from tfdialogpt import Tokenizer
+
+    assert json.loads(out.stdout) == Tokenizer.from_pretrained("default").encode_dialogue(["Hello", "Hi"])
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """`make demo`'s job: export, serve, a scripted conversation over gRPC, clean stop."""
+    out = run("demo", "--workdir", str(tmp_path), "--turn", "Hello", "--turn", "How are you?")
+    assert out.returncode == 0, out.stderr[-3000:]
+    bot_lines = [line for line in out.stdout.splitlines() if line.startswith("bot> ")]
+    assert len(bot_lines) == 2 and all(line.rstrip().endswith(" ms]") for line in bot_lines)
+    assert "server stopped (exit status 0)" in out.stdout
+    assert (tmp_path / "dialogpt" / "1" / "saved_model.pb").is_file()

@@ -1,0 +1,71 @@
+"""The end-to-end demo (`make demo`, `tfdialogpt demo`): export the embedded default model,
+serve it with `tfdialogpt serve`, hold a scripted conversation through the gRPC client, print
+the replies with their latency, and stop the server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_TURNS = ("Hello", "How are you?", "What is your name?", "Do you like music?", "Good night")
+MODEL_NAME = "dialogpt"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_demo(workdir: str | None = None, turns=None, port: int = 0, out=sys.stdout) -> int:
+    """Runs the demo; returns 0 when every scripted turn got a reply over gRPC."""
+    from tfdialogpt import DialoGPT, Tokenizer
+    from tfdialogpt.chat import Chat
+    from tfdialogpt.serving.client import Client
+    from tfdialogpt.serving.export import export
+
+    turns = list(turns or DEFAULT_TURNS)
+    with tempfile.TemporaryDirectory(prefix="tfdialogpt-demo-") as tmp:
+        base_path = Path(workdir or tmp) / MODEL_NAME
+        started = time.perf_counter()
+        result = export(DialoGPT.from_pretrained("default"), base_path, model_name=MODEL_NAME)
+        print(f"exported the default model to {result.path} in {time.perf_counter() - started:.1f} s", file=out)
+
+        port = port or _free_port()
+        command = [sys.executable, "-m", "tfdialogpt", "serve", "--model-base-path", str(base_path),
+                   "--model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port)]
+        log_path = Path(workdir or tmp) / "server.log"
+        with open(log_path, "w") as log:
+            server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        try:
+            tokenizer = Tokenizer.from_pretrained("default")
+            with Client(f"127.0.0.1:{port}", MODEL_NAME, tokenizer=tokenizer, timeout=60) as client:
+                started = time.perf_counter()
+                version = client.wait_until_available(timeout=180)
+                print(f"tfdialogpt serve is up on 127.0.0.1:{port}, model {MODEL_NAME!r} version {version} "
+                      f"({time.perf_counter() - started:.1f} s)", file=out)
+                chat = Chat(client, tokenizer, max_new_tokens=32)
+                for text in turns:
+                    started = time.perf_counter()
+                    reply = chat.reply(text)
+                    print(f"you> {text}\nbot> {reply}    [{(time.perf_counter() - started) * 1000:.0f} ms]",
+                          file=out, flush=True)
+        except BaseException:
+            print(f"the demo failed; server log ({log_path}):\n{log_path.read_text()[-4000:]}", file=sys.stderr)
+            raise
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                code = server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                code = server.wait()
+        print(f"server stopped (exit status {code})", file=out)
+    return 0 if code == 0 else 1
