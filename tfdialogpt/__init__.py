@@ -14,6 +14,7 @@ import importlib
 __version__ = "0.1.0"
 
 _PUBLIC = {
+    "Chat": "tfdialogpt.chat",
     "DialoGPT": "tfdialogpt.model",
     "DialoGPTConfig": "tfdialogpt.config",
     "Tokenizer": "tfdialogpt.tokenizer",
