@@ -277,6 +277,19 @@ def test_client_is_a_chat_backend(server, models, tokenizer):
             Chat(client, tokenizer, max_new_tokens=10, num_beams=2).reply("Hi")
 
 
+def test_mmi_against_a_served_reverse_model(server, models, tokenizer):
+    """MMI reranking scores with the served export's `score` signature as with the local model."""
+    from tfdialogpt.chat import MMI
+
+    candidates = [[5, 9, 33], [42], [120, 7, 8]]
+    source = [66, 67, EOS]
+    with _client(server, tokenizer) as client:
+        served, local = MMI(client, num_candidates=3), MMI(models[1], num_candidates=3)
+        np.testing.assert_allclose(served.scores(source, candidates, EOS), local.scores(source, candidates, EOS),
+                                   rtol=1e-5, atol=1e-4)
+        assert served.pick(served.scores(source, candidates, EOS)) == local.pick(local.scores(source, candidates, EOS))
+
+
 def test_metadata_and_status(server):
     with _client(server) as client:
         spec, signature_defs = client.metadata()

@@ -186,6 +186,10 @@ def _split_turns(ids: list[int], eos: int) -> list[list[int]]:
     return turns
 
 
+def _same_backend(a, b) -> bool:
+    return a is b or (isinstance(a, LocalBackend) and isinstance(b, LocalBackend) and a.model is b.model)
+
+
 def reply_batch(chats: Sequence[Chat], texts: Sequence[str]) -> list[str]:
     """Replies for many conversations in one batched generate call (MMI: one call for all
     candidates of all conversations). Chats must share a backend and sampling settings."""
@@ -195,7 +199,7 @@ def reply_batch(chats: Sequence[Chat], texts: Sequence[str]) -> list[str]:
         return []
     first = chats[0]
     for chat in chats[1:]:
-        if chat.backend is not first.backend or chat.sampling != first.sampling or chat.mmi is not first.mmi:
+        if not _same_backend(chat.backend, first.backend) or chat.sampling != first.sampling or chat.mmi is not first.mmi:
             raise ValueError("reply_batch needs chats that share one backend, sampling and MMI settings")
     for text in texts:
         if not isinstance(text, str) or not text.strip():

@@ -477,6 +477,8 @@ class Tokenizer:
         return input_ids, attention_mask
 
     def _check_ids(self, ids: Iterable[int] | np.ndarray, name: str) -> list[int]:
+        if hasattr(ids, "numpy") and not isinstance(ids, np.ndarray):  # a TF / torch tensor
+            ids = np.asarray(ids.numpy())
         if isinstance(ids, np.ndarray):
             if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
                 raise TypeError(f"{name} must be a 1-D integer array, got {ids.ndim}-D {ids.dtype}")

@@ -3,8 +3,9 @@
     >>> from tfdialogpt.serving import Client
     >>> Client("localhost:8500", "dialogpt").generate([[15496, 50256]])  # doctest: +SKIP
 
-Names are imported lazily: `Client` needs neither TensorFlow nor a model, while `export` and
-`ModelServer` load TensorFlow.
+Names are imported lazily: `Client` needs neither TensorFlow nor a model, while `ModelServer`
+loads TensorFlow. The exporter is `tfdialogpt.serving.export.export` (the submodule `export`
+has the function's name, so it is not re-exported here).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ _PUBLIC = {
     "ModelNotFoundError": "tfdialogpt.serving.client",
     "ServerUnavailableError": "tfdialogpt.serving.client",
     "ServingTimeoutError": "tfdialogpt.serving.client",
-    "export": "tfdialogpt.serving.export",
     "ModelServer": "tfdialogpt.serving.server",
 }
 
