@@ -123,3 +123,21 @@ def padded_batch(rng, vocab_size: int, lengths, side: str = "right", total: int 
         span = slice(total - n, total) if side == "left" else slice(0, n)
         ids[row, span], mask[row, span] = tokens, 1
     return ids, mask
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fill_hub_cache(cache_dir, repo_id: str, files):
+    """Lays files out as huggingface_hub's cache does (refs/main -> snapshots/<commit>/), so
+    hub ids resolve offline; returns the snapshot directory."""
+    import shutil
+
+    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    snapshot = repo / "snapshots" / HUB_COMMIT
+    snapshot.mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, snapshot / os.path.basename(f))
+    return snapshot

@@ -12,7 +12,7 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
-from conftest import TINY, padded_batch
+from conftest import TINY, fill_hub_cache, padded_batch
 
 from tfdialogpt import DialoGPT
 from tfdialogpt.checkpoint import (
@@ -136,19 +136,6 @@ def test_round_trip_through_transformers_pytorch(tiny_reference, tmp_path, batch
             position_ids=torch.tensor(position_ids, dtype=torch.long),
         ).logits.numpy()
     assert masked_max_diff(their_logits, ours(ids, attention_mask=mask).numpy(), mask) < 1e-5
-
-
-def fill_hub_cache(cache_dir, repo_id, files):
-    """Lays files out as huggingface_hub's cache does: refs/main -> snapshots/<commit>/."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for f in files:
-        shutil.copy(f, snapshot / os.path.basename(f))
-    return snapshot
 
 
 def test_hub_id_offline_from_cache(tiny_reference, tmp_path, batch):

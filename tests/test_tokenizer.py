@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HUB_COMMIT, fill_hub_cache
 
 from tfdialogpt import _gpt2_vocab
 from tfdialogpt.tokenizer import Tokenizer, TokenizerError
@@ -487,18 +488,12 @@ def test_local_directory_errors(tmp_path):
 # --------------------------------------------------------------------------- hub cache
 
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
+COMMIT = HUB_COMMIT
 
 
 def _fake_hub_cache(root: Path, source: Path, repo_id: str, files: list[str]) -> Path:
     """Lay out `root` like huggingface_hub's cache holding `files` of `repo_id` at main."""
-    repo = root / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for name in files:
-        shutil.copy(source / name, snapshot / name)
+    fill_hub_cache(root, repo_id, [source / name for name in files])
     return root
 
 
