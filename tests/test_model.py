@@ -57,20 +57,26 @@ def test_padded_rows_equal_rows_run_alone(tiny_model, side):
         np.testing.assert_allclose(batch[row, span], alone, atol=TOL)
 
 
-def test_cached_steps_equal_full_pass(tiny_model):
+@pytest.mark.parametrize("form", ["stacked", "per_layer", "split_kv"])
+def test_cached_steps_equal_full_pass(tiny_model, form):
     """Prefill a left-padded prompt, then feed one token at a time into a longer buffer."""
     ids, mask = padded_batch(np.random.default_rng(3), TINY.vocab_size, [12, 5, 8], side="left")
     full = tiny_model(ids, attention_mask=mask).numpy()
     prompt = 6
     buffer = 16  # longer than the sequence: the unused tail must not matter
     cache_mask = np.concatenate([mask, np.ones((3, buffer - 12), np.int32)], axis=1)
-    cache = tiny_model.init_cache(3, buffer)
+    cache = tiny_model.init_cache(3, buffer, per_layer=form != "stacked", split_kv=form == "split_kv")
     logits, cache = tiny_model.call_with_cache(ids[:, :prompt], cache, 0, attention_mask=cache_mask)
     steps = [logits.numpy()]
     for t in range(prompt, 12):
         logits, cache = tiny_model.call_with_cache(ids[:, t : t + 1], cache, t, attention_mask=cache_mask)
         steps.append(logits.numpy())
-    assert cache.shape == (TINY.num_layers, 2, 3, TINY.num_heads, buffer, TINY.head_size)
+    layer_shape = {
+        "stacked": (TINY.num_layers, 2, 3, TINY.num_heads, buffer, TINY.head_size),
+        "per_layer": (2, 3, TINY.num_heads, buffer, TINY.head_size),
+        "split_kv": (3 * TINY.num_heads, buffer, TINY.head_size),
+    }[form]
+    assert tf.nest.flatten(cache)[0].shape == layer_shape
     assert masked_max_diff(np.concatenate(steps, axis=1), full, mask) < TOL
 
 

@@ -99,8 +99,8 @@ class DialoGPT(keras.Model):
 
         x = self.wte(input_ids) + self.wpe(position_ids)
         x = self.drop(x, training=training)
-        # Per-layer caches: a list [2, B, H, S, D] each (what the decode loop carries, so each
-        # layer's write stays in place), or one stacked [L, 2, B, H, S, D] tensor.
+        # Per-layer caches: a list of [2, B, H, S, D] or of (keys, values) pairs (what the decode
+        # loop carries, so each layer's write stays in place), or one stacked [L, 2, B, H, S, D].
         stacked = cache is not None and not isinstance(cache, (list, tuple))
         new_layers = []
         for i, block in enumerate(self.h):
@@ -139,14 +139,20 @@ class DialoGPT(keras.Model):
         hidden, _ = self._forward(inputs, attention_mask, position_ids, None, None, training)
         return self.lm_head(hidden)
 
-    def init_cache(self, batch_size, length, dtype=None, per_layer=False):
+    def init_cache(self, batch_size, length, dtype=None, per_layer=False, split_kv=False):
         """A zeroed KV cache [L, 2, B, H, S, D] with room for `length` positions.
 
         With `per_layer=True`, a tuple of L tensors [2, B, H, S, D] instead: the form a decode
         loop should carry, since each layer's write then updates its own buffer in place.
+        With `split_kv=True` too, each layer is a (keys, values) pair of [B * H, S, D] tensors
+        (batch and heads merged): the fastest form under XLA, where reading keys out of a joint
+        buffer copies them, and so does squeezing a size-1 batch axis.
         """
         c = self.config
         dtype = dtype or self.compute_dtype
+        if per_layer and split_kv:
+            shape = [batch_size * c.num_heads, length, c.head_size]
+            return tuple((tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(c.num_layers))
         if per_layer:
             shape = [2, batch_size, c.num_heads, length, c.head_size]
             return tuple(tf.zeros(shape, dtype) for _ in range(c.num_layers))
@@ -166,7 +172,8 @@ class DialoGPT(keras.Model):
 
         Args:
             cache: [L, 2, B, H, S, D] from `init_cache` (or a previous call), or the per-layer
-                tuple from `init_cache(..., per_layer=True)`; returned in the same form.
+                tuple from `init_cache(..., per_layer=True[, split_kv=True])`; returned in the
+                same form.
             cache_index: int scalar, where the new tokens' keys/values are written.
             attention_mask: [B, S] over the whole cache buffer (1 = real token).
             return_hidden: return final hidden states [B, T, C] instead of logits, so a caller

@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfdialogpt.generation import buckets
 from tfdialogpt.generation.beam_search import beam_search
 from tfdialogpt.generation.sampling import SamplingParams, decode
+from tfdialogpt.model import positions_from_mask
 
 # Inputs of the compiled function, in order. The first eight are the serving signature's.
 GENERATE_INPUTS = (
@@ -55,10 +56,14 @@ def next_token_fn(model, attention_mask):
 
     `attention_mask` [B, S] covers the whole cache buffer.
     """
+    # Position ids of every buffer slot, counted once here rather than in every step.
+    positions = positions_from_mask(attention_mask)  # [B, S]
 
     def next_fn(tokens, cache, index):
+        position_ids = tf.gather(positions, tf.reshape(tf.cast(index, tf.int32), [1]), axis=1)  # [B, 1]
         hidden, cache = model.call_with_cache(
-            tokens[:, None], cache, index, attention_mask=attention_mask, return_hidden=True
+            tokens[:, None], cache, index, attention_mask=attention_mask, position_ids=position_ids,
+            return_hidden=True,
         )
         return model.lm_head(hidden[:, 0]), cache
 
@@ -66,8 +71,16 @@ def next_token_fn(model, attention_mask):
 
 
 def reorder_cache(cache, indices):
-    """Per-layer caches [2, B, H, S, D] with their batch rows taken from `indices`."""
-    return tuple(tf.gather(layer, indices, axis=1) for layer in cache)
+    """Per-layer caches ([2, B, H, S, D], or (keys, values) pairs of [B * H, S, D]) with their
+    batch rows taken from `indices`."""
+
+    def reorder(buffer):
+        if buffer.shape.rank == 5:
+            return tf.gather(buffer, indices, axis=1)
+        rows = tf.reshape(buffer, tf.concat([[tf.shape(indices)[0], -1], tf.shape(buffer)[1:]], axis=0))
+        return tf.reshape(tf.gather(rows, indices), tf.shape(buffer))  # via [B, H, S, D]
+
+    return tf.nest.map_structure(reorder, cache)
 
 
 def make_generate_fn(model, *, max_new_tokens: int, num_beams: int = 1, no_repeat_ngram_size: int = 0,
@@ -119,7 +132,7 @@ def make_generate_fn(model, *, max_new_tokens: int, num_beams: int = 1, no_repea
             ids, mask = tf.repeat(ids, K, axis=0), tf.repeat(mask, K, axis=0)
         # The mask over the whole cache buffer: the prompt's, then the N new tokens.
         full_mask = tf.concat([mask, tf.ones([tf.shape(ids)[0], N], tf.int32)], axis=1)
-        cache = model.init_cache(tf.shape(ids)[0], T + N, per_layer=True)
+        cache = model.init_cache(tf.shape(ids)[0], T + N, per_layer=True, split_kv=True)
         hidden, cache = model.call_with_cache(ids, cache, 0, attention_mask=full_mask, return_hidden=True)
         first_logits = model.lm_head(hidden[:, -1])
         next_fn = next_token_fn(model, full_mask)
