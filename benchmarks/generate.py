@@ -7,6 +7,14 @@ runs, prompt processing included, compilation excluded), each peer's ratio to us
 time per bucket, and the batch-1 bound set by memory bandwidth: every weight is read once per
 new token, so tokens/s <= measured read bandwidth / bytes of weights.
 
+Two tfdialogpt rows: float32 (token-identical to HF) and `quantize("int8")` (int8 weights and
+activations; its accuracy cost against float32 is measured by `benchmarks/quantization.py`).
+
+The machine's speed drifts (other tenants share the host's memory bandwidth: the same run
+measured 43 and 32 GB/s an hour apart), so every contender of a cell is started and compiled
+first, each in its own process, and the timed runs then go round-robin over the contenders,
+the read-bandwidth probe included: drift hits every column alike.
+
     python benchmarks/generate.py            # full table (about 15 minutes on 2 cores)
     python benchmarks/generate.py --quick    # small shape, batch 1, fewer tokens: a smoke run
 """
@@ -30,7 +38,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 # TensorFlow and tfdialogpt are imported where used: the PyTorch worker process must not load
 # TensorFlow (with both runtimes in one process HF PyTorch generate ran 15x slower here).
+OURS = ("tfdialogpt", "tfdialogpt_int8")
 PEERS = ("hf_pytorch", "hf_tf_xla", "keras_hub_xla")
+BANDWIDTH = "bandwidth"
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float]]:
@@ -46,17 +56,32 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
     return first, times
 
 
-def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
-    """Bytes/s read by an XLA reduction over a buffer far larger than the caches."""
+def bandwidth_probe(megabytes: int = 512):
+    """A callable returning the read bandwidth (bytes/s) of one pass over a buffer far larger
+    than the caches, the best of two ways of reading: an XLA matrix-vector product (how a decode
+    step reads its weights) and TF's multi-threaded reduce_sum."""
     import tensorflow as tf
 
-    data = tf.ones([megabytes * 2**20 // 4], tf.float32)
-    total = tf.function(lambda x: tf.reduce_sum(x), jit_compile=True)
-    _, times = timed(lambda: total(data).numpy(), repeats)
-    return data.shape[0] * 4 / min(times)
+    C = 768
+    matrix = tf.ones([C, megabytes * 2**20 // 4 // C], tf.float32)
+    vector = tf.ones([1, C], tf.float32)
+    gemv = tf.function(lambda m, v: tf.reduce_sum(tf.matmul(v, m)), jit_compile=True)
+    total = tf.function(lambda m: tf.reduce_sum(m))
+    gemv(matrix, vector).numpy(), total(matrix).numpy()
+    nbytes = matrix.shape[0] * matrix.shape[1] * 4
+
+    def measure():
+        best = float("inf")
+        for fn in (lambda: gemv(matrix, vector).numpy(), lambda: total(matrix).numpy()):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        return nbytes / best
+
+    return measure
 
 
-def weight_bytes(config, bytes_per_weight: int = 4) -> int:
+def weight_bytes(config, bytes_per_weight: float = 4) -> float:
     """Bytes of weights one decode step reads: all but the position table (one row of it)."""
     return (config.num_parameters - (config.max_positions - 1) * config.hidden_size) * bytes_per_weight
 
@@ -75,13 +100,13 @@ def build_reference(config, directory: str):
 # ---- the contenders: each returns a callable that runs the whole workload ----------------------------
 
 
-def ours(directory, ids, new_tokens, jit_compile=True):
+def ours(directory, ids, new_tokens, quantize=None, jit_compile=True):
     import tensorflow as tf
 
     from tfdialogpt import DialoGPT
     from tfdialogpt.generation import make_generate_fn
 
-    model = DialoGPT.from_pretrained(directory)
+    model = DialoGPT.from_pretrained(directory, quantize=quantize)
     B, T = ids.shape
     fn = make_generate_fn(model, max_new_tokens=new_tokens, do_sample=False, batch_size=B, prompt_length=T,
                           jit_compile=jit_compile)
@@ -138,48 +163,109 @@ def keras_hub_xla(directory, ids, new_tokens):
     return lambda: lm.generate(inputs, stop_token_ids=None)
 
 
-# ---- driver: one process per cell, so no two runtimes share (and fight over) the 2 cores -------------
+# ---- driver: one process per contender, timed round-robin ------------------------------------------
 
 
 def worker(args) -> int:
-    """Runs one contender on one cell and prints `RESULT <tok/s> <first call s> <runs...>`."""
+    """Builds one contender for one cell, runs it once (compiling), prints `READY <seconds>`,
+    then answers each `RUN` line on stdin with `TIME <seconds>` (or, for the bandwidth probe,
+    `BYTES_PER_SECOND <value>`) until `QUIT`."""
     ids = np.random.default_rng(args.batch).integers(0, 50000, (args.batch, args.prompt)).astype(np.int32)
-    if args.worker == "tfdialogpt":
-        run = ours(args.dir, ids, args.new_tokens)
-    elif args.worker == "hf_pytorch":
-        from transformers import GPT2LMHeadModel
-
-        run = hf_pytorch(GPT2LMHeadModel.from_pretrained(args.dir).eval(), ids, args.new_tokens)
-    elif args.worker == "hf_tf_xla":
-        run = hf_tf_xla(args.dir, ids, args.new_tokens)
+    if args.worker == BANDWIDTH:
+        measure = bandwidth_probe()
+        print("READY 0", flush=True)
     else:
-        run = keras_hub_xla(args.dir, ids, args.new_tokens)
-    first, times = timed(run, args.repeats)
-    speed = args.batch * args.new_tokens / statistics.median(times)
-    print("RESULT", speed, first, *times, flush=True)
+        if args.worker in OURS:
+            run = ours(args.dir, ids, args.new_tokens, quantize="int8" if args.worker.endswith("int8") else None)
+        elif args.worker == "hf_pytorch":
+            from transformers import GPT2LMHeadModel
+
+            run = hf_pytorch(GPT2LMHeadModel.from_pretrained(args.dir).eval(), ids, args.new_tokens)
+        elif args.worker == "hf_tf_xla":
+            run = hf_tf_xla(args.dir, ids, args.new_tokens)
+        else:
+            run = keras_hub_xla(args.dir, ids, args.new_tokens)
+        first, _ = timed(run, 0)
+        print(f"READY {first}", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "RUN":
+            break
+        if args.worker == BANDWIDTH:
+            print(f"BYTES_PER_SECOND {measure()}", flush=True)
+        else:
+            _, (seconds,) = timed(run, 1)
+            print(f"TIME {seconds}", flush=True)
     return 0
 
 
-def run_cell(name, directory, batch, args, new_tokens, repeats):
-    command = [sys.executable, os.path.abspath(__file__), "--worker", name, "--dir", directory,
-               "--batch", str(batch), "--prompt", str(args.prompt), "--new-tokens", str(new_tokens),
-               "--repeats", str(repeats)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT"):
-            speed, first, *times = map(float, line.split()[1:])
-            return speed, first, times
-    raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
+class Contender:
+    """A worker process for one contender of one cell."""
+
+    def __init__(self, name, directory, batch, args, new_tokens):
+        self.name = name
+        command = [sys.executable, os.path.abspath(__file__), "--worker", name, "--dir", directory,
+                   "--batch", str(batch), "--prompt", str(args.prompt), "--new-tokens", str(new_tokens)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self.first = float(self._read("READY"))
+        self.samples: list[float] = []
+
+    def _read(self, tag):
+        for line in self.process.stdout:
+            if line.startswith(tag + " "):
+                return line.split()[1]
+        raise RuntimeError(f"{self.name} failed:\n{self.process.stderr.read()[-3000:]}")
+
+    def run_once(self) -> float:
+        self.process.stdin.write("RUN\n")
+        self.process.stdin.flush()
+        value = float(self._read("BYTES_PER_SECOND" if self.name == BANDWIDTH else "TIME"))
+        self.samples.append(value)
+        return value
+
+    def close(self):
+        try:
+            self.process.stdin.write("QUIT\n")
+            self.process.stdin.close()
+        except OSError:
+            pass
+        self.process.wait(timeout=60)
+
+
+def run_cell(shape, batch, directory, names, args, new_tokens, repeats):
+    """Starts every contender (one at a time, so compile times are not inflated), then times
+    them round-robin, rotating the order each round. Returns {name: Contender}."""
+    contenders = {}
+    try:
+        for name in (BANDWIDTH, *names):
+            contenders[name] = Contender(name, directory, batch, args, new_tokens)
+        order = list(contenders)
+        for round_index in range(repeats):
+            shift = round_index % len(order)
+            for name in order[shift:] + order[:shift]:
+                contenders[name].run_once()
+        for name in names:
+            c = contenders[name]
+            median = statistics.median(c.samples)
+            print(f"  {shape} b{batch} {name:16s} {batch * new_tokens / median:7.1f} tok/s (first call "
+                  f"{c.first:.1f}s, runs {', '.join(f'{t:.2f}' for t in c.samples)}s)", flush=True)
+        gbps = [b / 1e9 for b in contenders[BANDWIDTH].samples]
+        print(f"  {shape} b{batch} read bandwidth {statistics.median(gbps):.1f} GB/s "
+              f"(runs {', '.join(f'{g:.1f}' for g in gbps)})", flush=True)
+        return contenders
+    finally:
+        for c in contenders.values():
+            c.close()
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small shape, batch 1, 16 new tokens, 1 timed run")
+    parser.add_argument("--quick", action="store_true", help="small shape, batch 1, 16 new tokens, 2 timed rounds")
     parser.add_argument("--shapes", nargs="+", default=None, help="presets (default: small medium)")
     parser.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes (default: 1 8)")
     parser.add_argument("--prompt", type=int, default=64, help="prompt length")
     parser.add_argument("--new-tokens", type=int, default=None, help="new tokens (default 64)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per cell (default 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per cell (default 5)")
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS, help="peers to run")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
@@ -194,46 +280,62 @@ def main(argv=None) -> int:
     shapes = args.shapes or (["small"] if args.quick else ["small", "medium"])
     batches = args.batches or ([1] if args.quick else [1, 8])
     new_tokens = args.new_tokens or (16 if args.quick else 64)
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (2 if args.quick else 5)
 
-    bandwidth = read_bandwidth()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"TF {tf.__version__}; measured read bandwidth {bandwidth / 1e9:.1f} GB/s (XLA reduce_sum)")
-    print(f"workload: greedy, prompt {args.prompt}, {new_tokens} new tokens, float32, "
-          f"median of {repeats} timed runs, each contender in its own process\n")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}")
+    print(f"workload: greedy, prompt {args.prompt}, {new_tokens} new tokens, median of {repeats} timed rounds, "
+          f"each contender in its own process, timed round-robin\n")
     rows = []
     for shape in shapes:
         config = DialoGPTConfig.preset(shape)
-        bound = bandwidth / weight_bytes(config)
         with tempfile.TemporaryDirectory() as directory:
             build_reference(config, directory)
             for batch in batches:
-                results = {}
-                for name in ("tfdialogpt", *args.peers):
-                    speed, first, times = run_cell(name, directory, batch, args, new_tokens, repeats)
-                    results[name] = (speed, first - statistics.median(times))
-                    print(f"  {shape} b{batch} {name:14s} {speed:7.1f} tok/s (first call {first:.1f}s, "
-                          f"runs {', '.join(f'{t:.2f}' for t in times)}s)", flush=True)
-                rows.append((shape, batch, results, bound))
+                contenders = run_cell(shape, batch, directory, (*OURS, *args.peers), args, new_tokens, repeats)
+                rows.append((shape, batch, config, contenders))
     print()
     print(format_table(rows, new_tokens))
     return 0
 
 
 def format_table(rows, new_tokens) -> str:
-    header = "| shape | batch | tfdialogpt tok/s | " + " | ".join(f"{p} tok/s" for p in PEERS) + \
-        " | vs fastest peer | compile (s) | batch-1 bound tok/s | % of bound |"
+    names = [*OURS, *PEERS]
+    header = ("| shape | batch | " + " | ".join(f"{n} tok/s" for n in names)
+              + " | float32 vs fastest peer | int8 vs fastest peer | compile f32 / int8 (s) | read GB/s"
+              + " | batch-1 bound f32 / int8 tok/s | % of bound f32 / int8 |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for shape, batch, results, bound in rows:
-        ours_speed, compile_seconds = results["tfdialogpt"]
-        peers = [results[p][0] for p in PEERS if p in results]
-        fastest = max(peers) if peers else float("nan")
-        cells = [f"{results[p][0]:.1f} ({ours_speed / results[p][0]:.2f}x)" if p in results else "-" for p in PEERS]
-        bound_cells = [f"{bound:.1f}", f"{100 * ours_speed / bound:.0f}%"] if batch == 1 else ["-", "-"]
-        lines.append(f"| {shape} | {batch} | {ours_speed:.1f} | " + " | ".join(cells)
-                     + f" | {ours_speed / fastest:.2f}x | {compile_seconds:.1f} | " + " | ".join(bound_cells) + " |")
-    lines.append(f"\nratios in brackets: tfdialogpt / peer; compile = first call minus a timed call "
-                 f"(one bucket: prompt 64, {new_tokens} new).")
+    for shape, batch, config, contenders in rows:
+        speed, compile_seconds = {}, {}
+        for name, c in contenders.items():
+            if name != BANDWIDTH:
+                median = statistics.median(c.samples)
+                speed[name] = batch * new_tokens / median
+                compile_seconds[name] = c.first - median
+        bandwidth = statistics.median(contenders[BANDWIDTH].samples)
+        fastest = max((speed[p] for p in PEERS if p in speed), default=float("nan"))
+        cells = []
+        for name in names:
+            if name not in speed:
+                cells.append("-")
+            elif name in OURS:
+                cells.append(f"{speed[name]:.1f}")
+            else:
+                cells.append(f"{speed[name]:.1f} ({speed['tfdialogpt'] / speed[name]:.2f}x / "
+                             f"{speed['tfdialogpt_int8'] / speed[name]:.2f}x)")
+        # int8: one byte per weight, plus a float32 scale per output channel (negligible).
+        bounds = (bandwidth / weight_bytes(config, 4), bandwidth / weight_bytes(config, 1))
+        if batch == 1:
+            bound_cells = [f"{bounds[0]:.1f} / {bounds[1]:.1f}",
+                           f"{100 * speed['tfdialogpt'] / bounds[0]:.0f}% / {100 * speed['tfdialogpt_int8'] / bounds[1]:.0f}%"]
+        else:
+            bound_cells = ["-", "-"]
+        lines.append(f"| {shape} | {batch} | " + " | ".join(cells)
+                     + f" | {speed['tfdialogpt'] / fastest:.2f}x | {speed['tfdialogpt_int8'] / fastest:.2f}x"
+                     + f" | {compile_seconds['tfdialogpt']:.1f} / {compile_seconds['tfdialogpt_int8']:.1f}"
+                     + f" | {bandwidth / 1e9:.1f} | " + " | ".join(bound_cells) + " |")
+    lines.append(f"\nratios in brackets: tfdialogpt float32 / peer and tfdialogpt int8 / peer; compile = first call "
+                 f"minus the median timed call (one bucket: prompt 64, {new_tokens} new); read GB/s: the median of "
+                 f"the bandwidth probe's rounds, interleaved with the timed runs.")
     return "\n".join(lines)
 
 

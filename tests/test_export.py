@@ -20,6 +20,7 @@ from serving_utils import (
     WARMUP_LENGTHS,
     greedy_reference,
     left_pad,
+    make_model,
     shared_model,
     tiny_export,
 )
@@ -82,9 +83,10 @@ def test_saved_model_cli_lists_the_signatures(exported):
     assert "dtype: DT_FLOAT" in section and "Method name is: tensorflow/serving/predict" in section
 
 
-def test_only_stock_ops(exported):
+def assert_only_stock_ops(path) -> set[str]:
+    """Every op of the SavedModel's graph and functions is a registered stock TF op; returns them."""
     saved_model = apis().saved_model_pb2.SavedModel()
-    with open(os.path.join(exported.path, "saved_model.pb"), "rb") as f:
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         saved_model.ParseFromString(f.read())
     graph = saved_model.meta_graphs[0].graph_def
     ops = {node.op for node in graph.node}
@@ -97,6 +99,31 @@ def test_only_stock_ops(exported):
     assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
     assert [op for op in sorted(ops) if op_def_registry.get(op) is None] == []
     assert any(fn.attr["_XlaMustCompile"].b for fn in graph.library.function), "generate_xla must be jit-compiled"
+    return ops
+
+
+def test_only_stock_ops(exported):
+    assert_only_stock_ops(exported.path)
+
+
+def test_int8_export_matches_the_int8_model(tmp_path):
+    """A quantized model exports with stock ops only, and its signatures (with and without XLA)
+    give the quantized model's own greedy tokens."""
+    quantized = make_model(seed=0)
+    quantized.quantize("int8")
+    result = export(quantized, tmp_path, max_new_tokens_cap=CAP, warmup_prompt_lengths=WARMUP_LENGTHS[:1])
+    assert "BatchMatMulV3" in assert_only_stock_ops(result.path)  # the int8 x int8 -> int32 matmul
+    loaded = tf.saved_model.load(result.path)
+    ids, mask = left_pad(PROMPTS)
+    sequences, lengths = greedy_reference(quantized, PROMPTS, 10)
+    params = dict(max_new_tokens=np.int32(10), temperature=np.float32(0), top_k=np.int32(0), top_p=np.float32(1),
+                  repetition_penalty=np.float32(1), seed=np.int32(0))
+    for name in ("generate", "generate_xla"):
+        out = loaded.signatures[name](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)
+        np.testing.assert_array_equal(out["sequences"].numpy(), sequences, err_msg=name)
+        np.testing.assert_array_equal(out["lengths"].numpy(), lengths, err_msg=name)
+    with pytest.raises(ValueError, match="quantize the model object first"):
+        export(make_model(seed=0), tmp_path, quantize="int8")
 
 
 FRESH_PROCESS = textwrap.dedent("""

@@ -24,6 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tfdialogpt import quantization
 from tfdialogpt.config import DEFAULT_MODEL_DIR, ConfigError, DialoGPTConfig
 
 SAFETENSORS_NAME = "model.safetensors"
@@ -303,16 +304,21 @@ def _resolve_hub(repo_id: str, **hub_kwargs) -> tuple[Path, Path]:
 
 
 def load_pretrained(model_cls, name_or_path, *, config: DialoGPTConfig | None = None, cache_dir=None,
-                    revision=None, token=None, local_files_only=False, **model_kwargs):
+                    revision=None, token=None, local_files_only=False, quantize: str | None = None,
+                    **model_kwargs):
     """Builds `model_cls(config)` and loads a checkpoint into it, strictly.
 
     Args:
         name_or_path: a directory (config.json + weights), a hub id, or "default".
         config: overrides the checkpoint's config.json (must still match the weights).
         cache_dir, revision, token, local_files_only: passed to `huggingface_hub`.
+        quantize: `"int8"` quantizes the loaded model for inference (`DialoGPT.quantize`).
     Raises:
         CheckpointError: no checkpoint, unreadable file, or weights that do not match.
+        ValueError: an unsupported `quantize` mode (checked before anything is read).
     """
+    if quantize is not None:
+        quantization.check_mode(quantize)
     config_path, weights_path = resolve(name_or_path, cache_dir=cache_dir, revision=revision,
                                         token=token, local_files_only=local_files_only)
     if config is None:
@@ -323,6 +329,8 @@ def load_pretrained(model_cls, name_or_path, *, config: DialoGPTConfig | None = 
     tensors = check_weights(read_weights(weights_path), config, str(weights_path))
     model = model_cls(config, **model_kwargs)
     assign_weights(model, tensors)
+    if quantize is not None:
+        model.quantize(quantize)
     return model
 
 
@@ -339,6 +347,11 @@ def save_pretrained(model, directory, *, safe_serialization: bool = False, token
     """
     import keras
 
+    if getattr(model, "weight_quantization", None) is not None:
+        raise ValueError(
+            f"model {model.name!r} holds {model.weight_quantization} weights, which HF checkpoints cannot store; "
+            "save the float model and quantize it after loading (`from_pretrained(..., quantize=...)`)"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save(directory)

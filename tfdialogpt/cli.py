@@ -158,7 +158,7 @@ def _make_chat(args, history=()):
         from tfdialogpt import DialoGPT
 
         tokenizer = Tokenizer.from_pretrained(args.tokenizer or args.model)
-        backend = DialoGPT.from_pretrained(args.model)
+        backend = DialoGPT.from_pretrained(args.model, quantize=args.quantize)
     mmi = None
     if getattr(args, "mmi_model", None):
         from tfdialogpt import DialoGPT
@@ -278,6 +278,8 @@ def _add_model_arguments(p, server: bool) -> None:
     p.add_argument("--mmi-model", default=None, help="reverse model for MMI reranking (directory or hub id)")
     p.add_argument("--mmi-candidates", type=int, default=8, help="candidates sampled for MMI")
     p.add_argument("--mmi-temperature", type=float, default=None, help="sample by softmax(score/T) instead of argmax")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8 weights: faster generation on CPU at a small accuracy cost")
     if server:
         p.add_argument("--server", metavar="HOST:PORT", default=None, help="chat through a served model instead")
         p.add_argument("--model-name", default="dialogpt", help="the served model's name")
@@ -332,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_command(subparsers, "generate", "One reply to a dialogue history.", """
         tfdialogpt generate "Hello"
         tfdialogpt generate --model microsoft/DialoGPT-medium "Does money buy happiness?"
+        tfdialogpt generate --model microsoft/DialoGPT-medium --quantize int8 "Does money buy happiness?"
         tfdialogpt generate --json '["Hi!", "Hello, how are you?", "Fine, thanks. And you?"]' --do-sample --top-p 0.9 --seed 0
         echo '{"turns": ["Hello"]}' | tfdialogpt generate --json -
     """, cmd_generate)
@@ -406,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens-cap", type=int, default=64, help="most new tokens one request may ask for")
     p.add_argument("--warmup-batch-sizes", type=int, nargs="+", default=[1], help="batch sizes to warm up")
     p.add_argument("--no-xla", action="store_true", help="leave out the generate_xla signature")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="export int8 weights (faster on CPU)")
 
     from tfdialogpt.serving.server import add_arguments as add_server_arguments
 

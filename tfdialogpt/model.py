@@ -16,8 +16,9 @@ import os
 import keras
 import tensorflow as tf
 
+from tfdialogpt import quantization
 from tfdialogpt.config import DialoGPTConfig
-from tfdialogpt.layers import MASKED_BIAS, Block
+from tfdialogpt.layers import MASKED_BIAS, Block, Conv1D
 
 
 def positions_from_mask(attention_mask: tf.Tensor) -> tf.Tensor:
@@ -117,8 +118,11 @@ class DialoGPT(keras.Model):
 
     def lm_head(self, hidden: tf.Tensor) -> tf.Tensor:
         """Logits [..., vocab] in float32 from hidden states, with the head tied to `wte`."""
-        embeddings = tf.cast(self.wte.embeddings, hidden.dtype)
-        logits = tf.matmul(tf.reshape(hidden, [-1, self.config.hidden_size]), embeddings, transpose_b=True)
+        hidden2d = tf.reshape(hidden, [-1, self.config.hidden_size])
+        if self.wte.quantization_mode == "int8":
+            logits = quantization.int8_matmul(hidden2d, self.wte.embeddings, self.wte.embeddings_scale)
+        else:
+            logits = tf.matmul(hidden2d, tf.cast(self.wte.embeddings, hidden.dtype), transpose_b=True)
         shape = tf.concat([tf.shape(hidden)[:-1], [self.config.vocab_size]], axis=0)
         return tf.cast(tf.reshape(logits, shape), tf.float32)
 
@@ -240,6 +244,38 @@ class DialoGPT(keras.Model):
             length_penalty=length_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed,
             jit_compile=jit_compile,
         )
+
+    # ---- int8 inference ----------------------------------------------------------------------------
+    @property
+    def weight_quantization(self) -> str | None:
+        """`"int8"` after `quantize("int8")`, else None (float weights). (Not Keras's
+        `quantization_mode`, which would route this model's own call to a quantized kernel.)"""
+        return self.wte.quantization_mode
+
+    def quantize(self, mode=None, config=None, **kwargs):
+        """Stores the projections and the tied embedding / LM head as int8, in place.
+
+        Every `c_attn`, `c_proj` and `c_fc` kernel and the token embedding become int8 with a
+        float scale per output channel; the float copies are dropped. Matmuls then quantize
+        their input rows on the fly (see `tfdialogpt.quantization`). Faster generation on CPU
+        at a measured accuracy cost; the model can no longer be trained or saved as an HF
+        checkpoint (quantize a loaded float model instead: `from_pretrained(..., quantize=
+        "int8")`). Position embeddings and layer norms stay float.
+
+        Args:
+            mode: `"int8"` (the only mode).
+        Raises:
+            ValueError: for another mode, or a model that is already quantized.
+        """
+        quantization.check_mode(mode)
+        if self.weight_quantization is not None:
+            raise ValueError(f"model {self.name!r} is already quantized ({self.weight_quantization})")
+        for layer in self._flatten_layers():
+            if isinstance(layer, Conv1D):
+                layer.quantize(mode)
+        self.wte.quantize(mode)
+        # Functions traced for the float weights would read variables that no longer exist.
+        self.train_function = self.test_function = self.predict_function = None
 
     # ---- config / checkpoints ------------------------------------------------------------------
     def get_config(self):

@@ -268,7 +268,9 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens: int = DEFAUL
     ids = np.concatenate([np.full((B, T - prompt_length), pad, np.int32), ids], axis=1)
     mask = np.concatenate([np.zeros((B, T - prompt_length), np.int32), mask], axis=1)
 
-    key = (B, T, N, num_beams, no_repeat_ngram_size, bool(do_sample), eos, pad, bool(jit_compile))
+    # The quantization mode is part of the key: `quantize()` replaces the weight variables.
+    key = (B, T, N, num_beams, no_repeat_ngram_size, bool(do_sample), eos, pad, bool(jit_compile),
+           model.weight_quantization)
     fn = buckets.COMPILED.get(
         model,
         key,

@@ -242,6 +242,7 @@ def export(
     warmup_batch_sizes: Sequence[int] = (1,),
     warmup_signatures: Sequence[str] = (contract.DEFAULT_SIGNATURE, contract.GENERATE_SIGNATURE, contract.SCORE_SIGNATURE),
     include_xla: bool = True,
+    quantize: str | None = None,
 ) -> ExportResult:
     """Writes `model` as SavedModel version `version` under `base_path` (TF Serving's layout).
 
@@ -257,6 +258,8 @@ def export(
         warmup_signatures: signatures replayed at load time. `generate_xla` is left out by
             default: on a TF Serving without its XLA flags its warmup would fail the load.
         include_xla: also export the `generate_xla` signature.
+        quantize: `"int8"` loads a named model with int8 weights (`DialoGPT.quantize`); a
+            model object is exported as it is (quantize it first).
 
     Returns:
         An `ExportResult` with the version directory.
@@ -268,7 +271,10 @@ def export(
     if not hasattr(model, "call_with_cache"):
         from tfdialogpt.model import DialoGPT
 
-        model = DialoGPT.from_pretrained(model)
+        model = DialoGPT.from_pretrained(model, quantize=quantize)
+    elif quantize is not None and model.weight_quantization != quantize:
+        raise ValueError(f"quantize={quantize!r} applies to a model given by name; quantize the model object first "
+                         f"(`model.quantize({quantize!r})`)")
     config = model.config
     if version is None:
         version = next_version(base_path)
@@ -328,6 +334,7 @@ def add_arguments(parser) -> None:
                         help="most new tokens one request may ask for")
     parser.add_argument("--warmup-batch-sizes", type=int, nargs="+", default=[1], help="batch sizes to warm up")
     parser.add_argument("--no-xla", action="store_true", help="leave out the generate_xla signature")
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="export int8 weights (faster on CPU)")
 
 
 def export_from_args(args) -> ExportResult:
@@ -339,6 +346,7 @@ def export_from_args(args) -> ExportResult:
         max_new_tokens_cap=args.max_new_tokens_cap,
         warmup_batch_sizes=tuple(args.warmup_batch_sizes),
         include_xla=not args.no_xla,
+        quantize=args.quantize,
     )
 
 

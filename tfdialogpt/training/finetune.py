@@ -187,6 +187,9 @@ def _resolve_jit(setting, strategy) -> bool:
 
 def compile_for_training(model, settings: TrainingSettings, total_updates: int, jit_compile: bool) -> None:
     """`model.compile` with this package's optimizer, loss and perplexity metric."""
+    if getattr(model, "weight_quantization", None) is not None:
+        raise ValueError(f"model {model.name!r} holds {model.weight_quantization} weights and cannot be trained; "
+                         "fine-tune the float model and quantize the result")
     warmup = settings.warmup_steps
     if warmup is None:
         warmup = int(0.1 * total_updates)
