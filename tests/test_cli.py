@@ -62,6 +62,16 @@ def test_generate_from_arguments_and_json(default_greedy):
     assert out.stdout.strip() == replies["Hello"]
 
 
+def test_generate_with_int8_weights():
+    from tfdialogpt import DialoGPT, Tokenizer
+    from tfdialogpt.chat import Chat
+
+    expected = Chat(DialoGPT.from_pretrained("default", quantize="int8"), Tokenizer.from_pretrained("default"))
+    out = run("generate", "--quantize", "int8", "How are you?")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected.reply("How are you?")
+
+
 def test_chat_from_a_pipe(default_greedy):
     replies, _ = default_greedy
     out = run("chat", input="Hello\n/reset\nHow are you?\n")

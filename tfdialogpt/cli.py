@@ -402,14 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
         tfdialogpt export --base-path ./models/dialogpt
         tfdialogpt export --model microsoft/DialoGPT-medium --base-path ./models/dialogpt --version 3
     """, cmd_export)
-    p.add_argument("--model", default="default", help="directory, hub id, or 'default'")
-    p.add_argument("--base-path", required=True, help="the model's base directory; <version>/ is written under it")
-    p.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
-    p.add_argument("--model-name", default="dialogpt", help="model name written into the warmup requests")
-    p.add_argument("--max-new-tokens-cap", type=int, default=64, help="most new tokens one request may ask for")
-    p.add_argument("--warmup-batch-sizes", type=int, nargs="+", default=[1], help="batch sizes to warm up")
-    p.add_argument("--no-xla", action="store_true", help="leave out the generate_xla signature")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="export int8 weights (faster on CPU)")
+    from tfdialogpt.serving.options import add_export_arguments
+
+    add_export_arguments(p, model_default="default")
 
     from tfdialogpt.serving.server import add_arguments as add_server_arguments
 

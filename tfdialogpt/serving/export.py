@@ -324,19 +324,6 @@ def export(
 # ---- command line (also what `tfdialogpt export` maps to) ------------------------------------
 
 
-def add_arguments(parser) -> None:
-    """The export options, shared with `tfdialogpt export`."""
-    parser.add_argument("--model", required=True, help="checkpoint directory, hub id, or 'default'")
-    parser.add_argument("--base-path", required=True, help="the model's base directory; <version>/ is written under it")
-    parser.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
-    parser.add_argument("--model-name", default="dialogpt", help="model name written into the warmup requests")
-    parser.add_argument("--max-new-tokens-cap", type=int, default=contract.DEFAULT_MAX_NEW_TOKENS_CAP,
-                        help="most new tokens one request may ask for")
-    parser.add_argument("--warmup-batch-sizes", type=int, nargs="+", default=[1], help="batch sizes to warm up")
-    parser.add_argument("--no-xla", action="store_true", help="leave out the generate_xla signature")
-    parser.add_argument("--quantize", choices=["int8"], default=None, help="export int8 weights (faster on CPU)")
-
-
 def export_from_args(args) -> ExportResult:
     return export(
         args.model,
@@ -353,8 +340,10 @@ def export_from_args(args) -> ExportResult:
 def main(argv=None) -> int:
     import argparse
 
+    from tfdialogpt.serving.options import add_export_arguments
+
     parser = argparse.ArgumentParser(prog="python -m tfdialogpt.serving.export", description=__doc__.split("\n")[0])
-    add_arguments(parser)
+    add_export_arguments(parser)
     result = export_from_args(parser.parse_args(argv))
     print(f"wrote version {result.version} to {result.path}: signatures {', '.join(result.signatures)}; "
           f"{result.warmup_records} warmup requests")
