@@ -273,12 +273,14 @@ def _add_sampling_arguments(p) -> None:
 
 
 def _add_model_arguments(p, server: bool) -> None:
+    from tfdialogpt.quantization import MODES
+
     p.add_argument("--model", default="default", help="directory, hub id, or 'default' (embedded model)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory or hub id (default: --model)")
     p.add_argument("--mmi-model", default=None, help="reverse model for MMI reranking (directory or hub id)")
     p.add_argument("--mmi-candidates", type=int, default=8, help="candidates sampled for MMI")
     p.add_argument("--mmi-temperature", type=float, default=None, help="sample by softmax(score/T) instead of argmax")
-    p.add_argument("--quantize", choices=["int8"], default=None,
+    p.add_argument("--quantize", choices=MODES, default=None,
                    help="int8 weights: faster generation on CPU at a small accuracy cost")
     if server:
         p.add_argument("--server", metavar="HOST:PORT", default=None, help="chat through a served model instead")
