@@ -216,6 +216,10 @@ class Contender:
                 return line.split()[1]
         raise RuntimeError(f"{self.name} failed:\n{self.process.stderr.read()[-3000:]}")
 
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
     def run_once(self) -> float:
         self.process.stdin.write("RUN\n")
         self.process.stdin.flush()
@@ -246,8 +250,7 @@ def run_cell(shape, batch, directory, names, args, new_tokens, repeats):
                 contenders[name].run_once()
         for name in names:
             c = contenders[name]
-            median = statistics.median(c.samples)
-            print(f"  {shape} b{batch} {name:16s} {batch * new_tokens / median:7.1f} tok/s (first call "
+            print(f"  {shape} b{batch} {name:16s} {batch * new_tokens / c.median:7.1f} tok/s (first call "
                   f"{c.first:.1f}s, runs {', '.join(f'{t:.2f}' for t in c.samples)}s)", flush=True)
         gbps = [b / 1e9 for b in contenders[BANDWIDTH].samples]
         print(f"  {shape} b{batch} read bandwidth {statistics.median(gbps):.1f} GB/s "
@@ -308,10 +311,9 @@ def format_table(rows, new_tokens) -> str:
         speed, compile_seconds = {}, {}
         for name, c in contenders.items():
             if name != BANDWIDTH:
-                median = statistics.median(c.samples)
-                speed[name] = batch * new_tokens / median
-                compile_seconds[name] = c.first - median
-        bandwidth = statistics.median(contenders[BANDWIDTH].samples)
+                speed[name] = batch * new_tokens / c.median
+                compile_seconds[name] = c.first - c.median
+        bandwidth = contenders[BANDWIDTH].median
         fastest = max((speed[p] for p in PEERS if p in speed), default=float("nan"))
         cells = []
         for name in names:
