@@ -11,9 +11,11 @@ Two tfdialogpt rows: float32 (token-identical to HF) and `quantize("int8")` (int
 activations; its accuracy cost against float32 is measured by `benchmarks/quantization.py`).
 
 The machine's speed drifts (other tenants share the host's memory bandwidth: the same run
-measured 43 and 32 GB/s an hour apart), so every contender of a cell is started and compiled
-first, each in its own process, and the timed runs then go round-robin over the contenders,
-the read-bandwidth probe included: drift hits every column alike.
+measured 43 and 32 GB/s an hour apart, and 36 to 63 GB/s within one cell), so every contender
+of a cell is started and compiled first, each in its own process, and the timed runs then go
+round-robin over the contenders: drift hits every column alike. The read-bandwidth probe runs
+between every two timed runs, so each run's bound comes from the bandwidth measured just
+before and just after it; the percentage of the bound is the median of those per-run ratios.
 
     python benchmarks/generate.py            # full table (about 15 minutes on 2 cores)
     python benchmarks/generate.py --quick    # small shape, batch 1, fewer tokens: a smoke run
@@ -56,10 +58,11 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
     return first, times
 
 
-def bandwidth_probe(megabytes: int = 512):
-    """A callable returning the read bandwidth (bytes/s) of one pass over a buffer far larger
-    than the caches, the best of two ways of reading: an XLA matrix-vector product (how a decode
-    step reads its weights) and TF's multi-threaded reduce_sum."""
+def bandwidth_probe(megabytes: int = 512, passes: int = 3):
+    """A callable returning the sustained read bandwidth (bytes/s) over a buffer far larger than
+    the caches: `passes` back-to-back reads (about 40 ms at 40 GB/s), for the better of two ways
+    of reading, an XLA matrix-vector product (how a decode step reads its weights) and TF's
+    multi-threaded reduce_sum."""
     import tensorflow as tf
 
     C = 768
@@ -74,8 +77,9 @@ def bandwidth_probe(megabytes: int = 512):
         best = float("inf")
         for fn in (lambda: gemv(matrix, vector).numpy(), lambda: total(matrix).numpy()):
             start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
+            for _ in range(passes):
+                fn()
+            best = min(best, (time.perf_counter() - start) / passes)
         return nbytes / best
 
     return measure
@@ -209,6 +213,7 @@ class Contender:
                                         stderr=subprocess.PIPE, text=True)
         self.first = float(self._read("READY"))
         self.samples: list[float] = []
+        self.bandwidth_around: list[float] = []  # per timed run: mean of the probes either side
 
     def _read(self, tag):
         for line in self.process.stdout:
@@ -238,23 +243,29 @@ class Contender:
 
 def run_cell(shape, batch, directory, names, args, new_tokens, repeats):
     """Starts every contender (one at a time, so compile times are not inflated), then times
-    them round-robin, rotating the order each round. Returns {name: Contender}."""
+    them round-robin, rotating the order each round, with a bandwidth probe before and after
+    every timed run. Returns {name: Contender}."""
     contenders = {}
     try:
         for name in (BANDWIDTH, *names):
             contenders[name] = Contender(name, directory, batch, args, new_tokens)
-        order = list(contenders)
+        probe = contenders[BANDWIDTH]
+        before = probe.run_once()
         for round_index in range(repeats):
-            shift = round_index % len(order)
-            for name in order[shift:] + order[:shift]:
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
                 contenders[name].run_once()
+                after = probe.run_once()
+                contenders[name].bandwidth_around.append((before + after) / 2)
+                before = after
         for name in names:
             c = contenders[name]
             print(f"  {shape} b{batch} {name:16s} {batch * new_tokens / c.median:7.1f} tok/s (first call "
-                  f"{c.first:.1f}s, runs {', '.join(f'{t:.2f}' for t in c.samples)}s)", flush=True)
-        gbps = [b / 1e9 for b in contenders[BANDWIDTH].samples]
+                  f"{c.first:.1f}s, runs {', '.join(f'{t:.2f}' for t in c.samples)}s, read GB/s around them "
+                  f"{', '.join(f'{b / 1e9:.0f}' for b in c.bandwidth_around)})", flush=True)
+        gbps = [b / 1e9 for b in probe.samples]
         print(f"  {shape} b{batch} read bandwidth {statistics.median(gbps):.1f} GB/s "
-              f"(runs {', '.join(f'{g:.1f}' for g in gbps)})", flush=True)
+              f"(min {min(gbps):.1f}, max {max(gbps):.1f} over {len(gbps)} probes)", flush=True)
         return contenders
     finally:
         for c in contenders.values():
@@ -301,6 +312,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def percent_of_bound(contender, tokens: int, nbytes: float) -> float:
+    """Median over the timed runs of (tokens/s) / (bandwidth around that run / bytes per step)."""
+    runs = zip(contender.samples, contender.bandwidth_around, strict=True)
+    return 100 * statistics.median((tokens / seconds) / (bandwidth / nbytes) for seconds, bandwidth in runs)
+
+
 def format_table(rows, new_tokens) -> str:
     names = [*OURS, *PEERS]
     header = ("| shape | batch | " + " | ".join(f"{n} tok/s" for n in names)
@@ -327,8 +344,9 @@ def format_table(rows, new_tokens) -> str:
         # int8: one byte per weight, plus a float32 scale per output channel (negligible).
         bounds = (bandwidth / weight_bytes(config, 4), bandwidth / weight_bytes(config, 1))
         if batch == 1:
-            bound_cells = [f"{bounds[0]:.1f} / {bounds[1]:.1f}",
-                           f"{100 * speed['tfdialogpt'] / bounds[0]:.0f}% / {100 * speed['tfdialogpt_int8'] / bounds[1]:.0f}%"]
+            percents = [percent_of_bound(contenders[name], batch * new_tokens, weight_bytes(config, size))
+                        for name, size in (("tfdialogpt", 4), ("tfdialogpt_int8", 1))]
+            bound_cells = [f"{bounds[0]:.1f} / {bounds[1]:.1f}", f"{percents[0]:.0f}% / {percents[1]:.0f}%"]
         else:
             bound_cells = ["-", "-"]
         lines.append(f"| {shape} | {batch} | " + " | ".join(cells)
@@ -337,7 +355,8 @@ def format_table(rows, new_tokens) -> str:
                      + f" | {bandwidth / 1e9:.1f} | " + " | ".join(bound_cells) + " |")
     lines.append(f"\nratios in brackets: tfdialogpt float32 / peer and tfdialogpt int8 / peer; compile = first call "
                  f"minus the median timed call (one bucket: prompt 64, {new_tokens} new); read GB/s: the median of "
-                 f"the bandwidth probe's rounds, interleaved with the timed runs.")
+                 f"the bandwidth probes (one between every two timed runs); bound = read GB/s / bytes of weights; "
+                 f"% of bound: the median over the timed runs of tokens/s / the bound from the probes either side.")
     return "\n".join(lines)
 
 
