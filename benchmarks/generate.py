@@ -114,12 +114,16 @@ def ours(directory, ids, new_tokens, quantize=None, jit_compile=True):
     B, T = ids.shape
     fn = make_generate_fn(model, max_new_tokens=new_tokens, do_sample=False, batch_size=B, prompt_length=T,
                           jit_compile=jit_compile)
-    args = (
-        tf.constant(ids), tf.ones([B, T], tf.int32), tf.constant(new_tokens), tf.constant(1.0), tf.constant(0),
-        tf.constant(1.0), tf.constant(1.0), tf.constant(0), tf.constant(new_tokens), tf.constant(False),
-        tf.constant(1.0),
-    )
-    return lambda: fn(*args)["sequences"].numpy()
+
+    def run(tokens=new_tokens):
+        """Exactly `tokens` new tokens (<= new_tokens) from the same compiled graph: with 1, the
+        prompt pass and the first token only, so timing both splits prefill from decode steps."""
+        limit = tf.constant(tokens)
+        args = (tf.constant(ids), tf.ones([B, T], tf.int32), limit, tf.constant(1.0), tf.constant(0),
+                tf.constant(1.0), tf.constant(1.0), tf.constant(0), limit, tf.constant(False), tf.constant(1.0))
+        return fn(*args)["sequences"].numpy()
+
+    return run
 
 
 def hf_pytorch(pt_model, ids, new_tokens):
@@ -173,7 +177,8 @@ def keras_hub_xla(directory, ids, new_tokens):
 def worker(args) -> int:
     """Builds one contender for one cell, runs it once (compiling), prints `READY <seconds>`,
     then answers each `RUN` line on stdin with `TIME <seconds>` (or, for the bandwidth probe,
-    `BYTES_PER_SECOND <value>`) until `QUIT`."""
+    `BYTES_PER_SECOND <value>`), and for tfdialogpt each `FIRST` line with the seconds of the
+    prompt pass and first token alone, until `QUIT`."""
     ids = np.random.default_rng(args.batch).integers(0, 50000, (args.batch, args.prompt)).astype(np.int32)
     if args.worker == BANDWIDTH:
         measure = bandwidth_probe()
@@ -192,13 +197,17 @@ def worker(args) -> int:
         first, _ = timed(run, 0)
         print(f"READY {first}", flush=True)
     for line in sys.stdin:
-        if line.strip() != "RUN":
-            break
-        if args.worker == BANDWIDTH:
+        command = line.strip()
+        if command == "RUN" and args.worker == BANDWIDTH:
             print(f"BYTES_PER_SECOND {measure()}", flush=True)
-        else:
+        elif command == "RUN":
             _, (seconds,) = timed(run, 1)
             print(f"TIME {seconds}", flush=True)
+        elif command == "FIRST" and args.worker in OURS:
+            _, (seconds,) = timed(lambda: run(1), 1)
+            print(f"TIME {seconds}", flush=True)
+        else:
+            break
     return 0
 
 
@@ -214,6 +223,7 @@ class Contender:
         self.first = float(self._read("READY"))
         self.samples: list[float] = []
         self.bandwidth_around: list[float] = []  # per timed run: mean of the probes either side
+        self.first_token: list[float] = []  # tfdialogpt: seconds of the prompt pass + first token
 
     def _read(self, tag):
         for line in self.process.stdout:
@@ -230,6 +240,13 @@ class Contender:
         self.process.stdin.flush()
         value = float(self._read("BYTES_PER_SECOND" if self.name == BANDWIDTH else "TIME"))
         self.samples.append(value)
+        return value
+
+    def time_first_token(self) -> float:
+        self.process.stdin.write("FIRST\n")
+        self.process.stdin.flush()
+        value = float(self._read("TIME"))
+        self.first_token.append(value)
         return value
 
     def close(self):
@@ -255,6 +272,8 @@ def run_cell(shape, batch, directory, names, args, new_tokens, repeats):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
                 contenders[name].run_once()
+                if name in OURS:
+                    contenders[name].time_first_token()
                 after = probe.run_once()
                 contenders[name].bandwidth_around.append((before + after) / 2)
                 before = after
@@ -318,11 +337,21 @@ def percent_of_bound(contender, tokens: int, nbytes: float) -> float:
     return 100 * statistics.median((tokens / seconds) / (bandwidth / nbytes) for seconds, bandwidth in runs)
 
 
+def decode_steps(contender, tokens: int, nbytes: float) -> tuple[float, float, float]:
+    """(median ms of the prompt pass + first token, median ms per later decode step, median %
+    of the bound for those steps): each run minus its own first-token time, over tokens - 1."""
+    runs = list(zip(contender.samples, contender.first_token, contender.bandwidth_around, strict=True))
+    steps = [(total - first) / (tokens - 1) for total, first, _ in runs]
+    percents = [100 * (nbytes / bandwidth) / step for step, (_, _, bandwidth) in zip(steps, runs, strict=True)]
+    return 1e3 * statistics.median(contender.first_token), 1e3 * statistics.median(steps), statistics.median(percents)
+
+
 def format_table(rows, new_tokens) -> str:
     names = [*OURS, *PEERS]
     header = ("| shape | batch | " + " | ".join(f"{n} tok/s" for n in names)
               + " | float32 vs fastest peer | int8 vs fastest peer | compile f32 / int8 (s) | read GB/s"
-              + " | batch-1 bound f32 / int8 tok/s | % of bound f32 / int8 |")
+              + " | batch-1 bound f32 / int8 tok/s | % of bound f32 / int8"
+              + " | first token ms f32 / int8 | decode step ms f32 / int8 | decode steps % of bound f32 / int8 |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for shape, batch, config, contenders in rows:
         speed, compile_seconds = {}, {}
@@ -346,9 +375,13 @@ def format_table(rows, new_tokens) -> str:
         if batch == 1:
             percents = [percent_of_bound(contenders[name], batch * new_tokens, weight_bytes(config, size))
                         for name, size in (("tfdialogpt", 4), ("tfdialogpt_int8", 1))]
-            bound_cells = [f"{bounds[0]:.1f} / {bounds[1]:.1f}", f"{percents[0]:.0f}% / {percents[1]:.0f}%"]
+            steps = [decode_steps(contenders[name], new_tokens, weight_bytes(config, size))
+                     for name, size in (("tfdialogpt", 4), ("tfdialogpt_int8", 1))]
+            bound_cells = [f"{bounds[0]:.1f} / {bounds[1]:.1f}", f"{percents[0]:.0f}% / {percents[1]:.0f}%",
+                           f"{steps[0][0]:.0f} / {steps[1][0]:.0f}", f"{steps[0][1]:.1f} / {steps[1][1]:.1f}",
+                           f"{steps[0][2]:.0f}% / {steps[1][2]:.0f}%"]
         else:
-            bound_cells = ["-", "-"]
+            bound_cells = ["-"] * 5
         lines.append(f"| {shape} | {batch} | " + " | ".join(cells)
                      + f" | {speed['tfdialogpt'] / fastest:.2f}x | {speed['tfdialogpt_int8'] / fastest:.2f}x"
                      + f" | {compile_seconds['tfdialogpt']:.1f} / {compile_seconds['tfdialogpt_int8']:.1f}"
@@ -356,7 +389,9 @@ def format_table(rows, new_tokens) -> str:
     lines.append(f"\nratios in brackets: tfdialogpt float32 / peer and tfdialogpt int8 / peer; compile = first call "
                  f"minus the median timed call (one bucket: prompt 64, {new_tokens} new); read GB/s: the median of "
                  f"the bandwidth probes (one between every two timed runs); bound = read GB/s / bytes of weights; "
-                 f"% of bound: the median over the timed runs of tokens/s / the bound from the probes either side.")
+                 f"% of bound: the median over the timed runs of tokens/s / the bound from the probes either side; "
+                 f"first token: the prompt pass and first token alone (same graph, max_new_tokens=1); decode step: "
+                 f"(run - first token) / {new_tokens - 1}, and its % of the bound.")
     return "\n".join(lines)
 
 
