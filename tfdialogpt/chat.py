@@ -44,18 +44,12 @@ class LocalBackend:
         for row, history in enumerate(histories):  # left padding: every row ends at the same column
             ids[row, width - len(history) :] = history
             mask[row, width - len(history) :] = 1
-        out = self.model.generate(ids, attention_mask=mask, **sampling)
-        sequences, lengths = np.asarray(out.sequences), np.asarray(out.lengths)
-        return [_strip_eos(seq[:n].tolist(), self.eos_token_id) for seq, n in zip(sequences, lengths, strict=True)]
+        return self.model.generate(ids, attention_mask=mask, **sampling).token_lists(self.eos_token_id)
 
     def score_ids(self, contexts, replies):
         from tfdialogpt.scoring import score
 
         return score(self.model, contexts, replies, pad_id=self.eos_token_id)
-
-
-def _strip_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos)] if eos in ids else ids
 
 
 def as_backend(model_or_backend) -> Backend:

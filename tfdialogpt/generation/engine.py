@@ -50,6 +50,14 @@ class GenerationOutput(NamedTuple):
     sequences: tf.Tensor
     lengths: tf.Tensor
 
+    def token_lists(self, eos_token_id: int | None = None) -> list[list[int]]:
+        """Each row's new ids as a list, cut at its length (and before its EOS if given)."""
+        sequences, lengths = np.asarray(self.sequences), np.asarray(self.lengths)
+        rows = [seq[:n].tolist() for seq, n in zip(sequences, lengths, strict=True)]
+        if eos_token_id is not None:
+            rows = [row[: row.index(eos_token_id)] if eos_token_id in row else row for row in rows]
+        return rows
+
 
 def next_token_fn(model, attention_mask):
     """The model as a decode-loop callback: `(tokens [B], cache, index) -> (logits [B, V], cache)`.

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfdialogpt.training import distribute
@@ -407,17 +406,11 @@ def generate_replies(model, tokenizer, contexts: Sequence[Sequence[str]], max_ne
         chunk = contexts[start: start + batch_size]
         histories = [tokenizer.encode_dialogue(list(turns), max_length=budget) for turns in chunk]
         input_ids, attention_mask = tokenizer.pad(histories, side="left")
-        for row in greedy_reply_ids(model, input_ids, attention_mask, max_new_tokens, eos):
+        out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=eos)
+        for row in out.token_lists(eos):
             replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     return replies
-
-
-def greedy_reply_ids(model, input_ids, attention_mask, max_new_tokens: int, eos_token_id: int) -> list[list[int]]:
-    """Greedy new tokens per row, up to (not including) the first EOS, via `model.generate`."""
-    out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                         do_sample=False, eos_token_id=eos_token_id)
-    rows = [seq[:n].tolist() for seq, n in zip(np.asarray(out.sequences), np.asarray(out.lengths), strict=True)]
-    return [row[: row.index(eos_token_id)] if eos_token_id in row else row for row in rows]
 
 
 def evaluate(model="default", data=None, *, tokenizer=None, max_seq_len: int | None = None, batch_size: int = 8,
