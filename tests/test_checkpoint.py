@@ -19,6 +19,7 @@ from tfdialogpt.checkpoint import (
     CheckpointError,
     canonical_name,
     expected_shapes,
+    load_config,
     read_weights,
 )
 
@@ -158,6 +159,12 @@ def test_hub_id_offline_from_cache(tiny_reference, tmp_path, batch):
             DialoGPT.from_pretrained("microsoft/DialoGPT-large", cache_dir={str(cache)!r})
         except CheckpointError as err:
             print("ERROR:", err)
+        from tfdialogpt.checkpoint import load_config
+        print("CONFIG:", load_config("microsoft/DialoGPT-small", cache_dir={str(cache)!r}) == model.config)
+        try:
+            load_config("microsoft/DialoGPT-large", cache_dir={str(cache)!r})
+        except CheckpointError as err:
+            print("CONFIG ERROR:", err)
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -165,6 +172,8 @@ def test_hub_id_offline_from_cache(tiny_reference, tmp_path, batch):
     out = np.load(tmp_path / "out.npy")
     assert masked_max_diff(out, tiny_reference.pt_logits(ids, mask), mask) < 1e-4
     assert "ERROR: could not find config.json for 'microsoft/DialoGPT-large' in the local hub cache" in run.stdout
+    assert "CONFIG: True" in run.stdout
+    assert "CONFIG ERROR: could not find config.json for 'microsoft/DialoGPT-large'" in run.stdout
 
 
 # ---- every bad-checkpoint case raises one clear error ------------------------------------------------
@@ -244,6 +253,22 @@ def test_missing_shard(tiny_reference, tmp_path):
     os.remove(d / "model-00002-of-00008.safetensors")
     with pytest.raises(CheckpointError, match="lists the shard model-00002-of-00008.safetensors"):
         DialoGPT.from_pretrained(d)
+
+
+def test_load_config_reads_no_weights(tf_dir, tmp_path):
+    """`load_config` (what a client of a served model needs) works without the weights."""
+    expected = DialoGPT.from_pretrained(tf_dir).config
+    os.remove(tf_dir / "tf_model.h5")
+    assert load_config(tf_dir) == expected
+    assert load_config("default").max_positions == DialoGPT.from_pretrained("default").config.max_positions
+    with pytest.raises(CheckpointError, match="is not a checkpoint directory"):
+        load_config(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        load_config(tmp_path / "empty")
+    (tf_dir / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_config(tf_dir)
 
 
 def test_bad_config_json(tf_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -51,6 +52,9 @@ def test_errors_are_one_clear_line(tmp_path):
     assert out.returncode == 2 and "top_p" in out.stderr and "Traceback" not in out.stderr
     out = run("generate", "--json", "{bad", timeout=60)
     assert out.returncode == 2 and "--json is not valid JSON" in out.stderr
+    out = run("chat", "--server", "localhost:1", "--quantize", "int8", input="Hello\n", timeout=60)
+    assert out.returncode == 2 and "--quantize applies to a local model" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_generate_from_arguments_and_json(default_greedy):
@@ -70,6 +74,34 @@ def test_generate_with_int8_weights():
     out = run("generate", "--quantize", "int8", "How are you?")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected.reply("How are you?")
+
+
+def test_chat_with_a_server_budgets_by_the_model_config(monkeypatch, tmp_path):
+    """`chat --server` sizes histories by the served model's config (named by --model), not
+    by GPT-2's 1024 positions: the default model has far fewer."""
+    from tfdialogpt import cli
+    from tfdialogpt.checkpoint import load_config
+    from tfdialogpt.config import DEFAULT_MODEL_DIR
+    from tfdialogpt.serving.client import Client
+
+    monkeypatch.setattr(Client, "wait_until_available", lambda self, timeout=60.0, poll=0.2: 1)
+    chat = cli._make_chat(cli.build_parser().parse_args(["chat", "--server", "localhost:1"]))
+    try:
+        config = load_config("default")
+        assert config.max_positions < 1024
+        assert (chat.backend.max_positions, chat.backend.eos_token_id) == (config.max_positions, config.eos_token_id)
+    finally:
+        chat.backend.close()
+    # A bare tokenizer directory (no config.json): GPT-2's 1024 positions, the tokenizer's EOS.
+    bare = tmp_path / "tokenizer"
+    bare.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(DEFAULT_MODEL_DIR / name, bare)
+    chat = cli._make_chat(cli.build_parser().parse_args(["chat", "--server", "localhost:1", "--tokenizer", str(bare)]))
+    try:
+        assert (chat.backend.max_positions, chat.backend.eos_token_id) == (1024, config.eos_token_id)
+    finally:
+        chat.backend.close()
 
 
 def test_chat_from_a_pipe(default_greedy):

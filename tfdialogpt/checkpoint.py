@@ -253,6 +253,27 @@ def _hub_download(repo_id: str, filename: str, **hub_kwargs) -> Path | None:
         return None
 
 
+def _local_directory(name_or_path: str | os.PathLike) -> Path | None:
+    """The checkpoint directory `name_or_path` names (`"default"`: the embedded model), or None
+    for a hub id."""
+    if str(name_or_path) == "default":
+        return DEFAULT_MODEL_DIR
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
+        raise CheckpointError(f"{name_or_path} is not a checkpoint directory")
+    return None
+
+
+def _config_in_dir(directory: Path) -> Path:
+    if not (directory / CONFIG_NAME).is_file():
+        if directory == DEFAULT_MODEL_DIR:
+            raise CheckpointError(f"the embedded default model is missing from {directory}")
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}")
+    return directory / CONFIG_NAME
+
+
 def resolve(name_or_path: str | os.PathLike, cache_dir=None, revision=None, token=None,
             local_files_only=False) -> tuple[Path, Path]:
     """Finds (config.json, weights file or index) for a directory, `"default"` or a hub id.
@@ -260,20 +281,38 @@ def resolve(name_or_path: str | os.PathLike, cache_dir=None, revision=None, toke
     Hub ids go through `huggingface_hub`: downloads show its progress bar, land in its cache
     (`cache_dir` or HF_HUB_CACHE) and `HF_HUB_OFFLINE=1` is honoured.
     """
-    if str(name_or_path) == "default":
-        directory = DEFAULT_MODEL_DIR
-        if not (directory / CONFIG_NAME).is_file():
-            raise CheckpointError(f"the embedded default model is missing from {directory}")
-        return directory / CONFIG_NAME, _weights_in_dir(directory)
-    path = Path(os.path.expanduser(str(name_or_path)))
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            raise CheckpointError(f"{path} has no {CONFIG_NAME}")
-        return path / CONFIG_NAME, _weights_in_dir(path)
-    if path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
-        raise CheckpointError(f"{name_or_path} is not a checkpoint directory")
-    return _resolve_hub(str(name_or_path), cache_dir=cache_dir, revision=revision, token=token,
-                        local_files_only=local_files_only)
+    directory = _local_directory(name_or_path)
+    if directory is None:
+        return _resolve_hub(str(name_or_path), cache_dir=cache_dir, revision=revision, token=token,
+                            local_files_only=local_files_only)
+    return _config_in_dir(directory), _weights_in_dir(directory)
+
+
+def load_config(name_or_path: str | os.PathLike, cache_dir=None, revision=None, token=None,
+                local_files_only=False) -> DialoGPTConfig:
+    """The config alone of a directory, `"default"` or a hub id (no weights read or fetched):
+    what a client of a served model needs (its positions and EOS id)."""
+    directory = _local_directory(name_or_path)
+    if directory is not None:
+        path = _config_in_dir(directory)
+    else:
+        from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+        try:
+            path = _hub_download(str(name_or_path), CONFIG_NAME, cache_dir=cache_dir, revision=revision, token=token,
+                                 local_files_only=local_files_only)
+        except (HFValidationError, HfHubHTTPError) as err:
+            raise CheckpointError(f"cannot load {name_or_path!r} from the hub: {err}") from None
+        if path is None:
+            raise CheckpointError(f"could not find {CONFIG_NAME} for {str(name_or_path)!r} on the hub or in its cache")
+    return _read_config(path)
+
+
+def _read_config(path: Path) -> DialoGPTConfig:
+    try:
+        return DialoGPTConfig.from_json_file(path)
+    except ConfigError as err:
+        raise CheckpointError(f"bad {path}: {err}") from None
 
 
 def _resolve_hub(repo_id: str, **hub_kwargs) -> tuple[Path, Path]:
@@ -322,10 +361,7 @@ def load_pretrained(model_cls, name_or_path, *, config: DialoGPTConfig | None = 
     config_path, weights_path = resolve(name_or_path, cache_dir=cache_dir, revision=revision,
                                         token=token, local_files_only=local_files_only)
     if config is None:
-        try:
-            config = DialoGPTConfig.from_json_file(config_path)
-        except ConfigError as err:
-            raise CheckpointError(f"bad {config_path}: {err}") from None
+        config = _read_config(config_path)
     tensors = check_weights(read_weights(weights_path), config, str(weights_path))
     model = model_cls(config, **model_kwargs)
     assign_weights(model, tensors)

@@ -150,9 +150,20 @@ def _make_chat(args, history=()):
     if getattr(args, "server", None):
         from tfdialogpt.serving.client import Client
 
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer or args.model)
+        if args.quantize:
+            raise ValueError("--quantize applies to a local model; a served model's weights are chosen when "
+                             "it is exported (tfdialogpt export --quantize int8)")
+        from tfdialogpt.checkpoint import CheckpointError, load_config
+
+        files = args.tokenizer or args.model  # the served model's tokenizer, and its config if there
+        tokenizer = Tokenizer.from_pretrained(files)
+        try:
+            max_positions = load_config(files).max_positions
+        except CheckpointError:  # a bare tokenizer: GPT-2's positions
+            max_positions = DEFAULT_SERVED_POSITIONS
         sampling.pop("jit_compile", None)
-        backend = Client(args.server, args.model_name, tokenizer=tokenizer, timeout=args.timeout)
+        backend = Client(args.server, args.model_name, tokenizer=tokenizer, timeout=args.timeout,
+                         max_positions=max_positions)
         backend.wait_until_available(timeout=args.timeout)
     else:
         from tfdialogpt import DialoGPT
@@ -168,6 +179,7 @@ def _make_chat(args, history=()):
     return Chat(backend, tokenizer, max_new_tokens=max_new_tokens, mmi=mmi, history=history, **sampling)
 
 
+DEFAULT_SERVED_POSITIONS = 1024  # GPT-2's, when the served model's config is not at hand
 CHAT_HELP = "type a message and press Enter; /reset starts over, /quit (or Ctrl-D) leaves"
 
 
@@ -283,7 +295,9 @@ def _add_model_arguments(p, server: bool) -> None:
     p.add_argument("--quantize", choices=MODES, default=None,
                    help="int8 weights: faster generation on CPU at a small accuracy cost")
     if server:
-        p.add_argument("--server", metavar="HOST:PORT", default=None, help="chat through a served model instead")
+        p.add_argument("--server", metavar="HOST:PORT", default=None,
+                       help="chat through a served model instead (--tokenizer or --model then names its tokenizer "
+                            "and config; no weights are read)")
         p.add_argument("--model-name", default="dialogpt", help="the served model's name")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed to each request")
 
@@ -348,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_command(subparsers, "chat", "Chat in the terminal (or line by line from a pipe).", """
         tfdialogpt chat
         tfdialogpt chat --model microsoft/DialoGPT-medium --do-sample --top-p 0.9
-        tfdialogpt chat --server localhost:8500 --tokenizer default
+        tfdialogpt chat --server localhost:8500 --model microsoft/DialoGPT-medium   # its config and tokenizer
         printf 'Hello\\nHow are you?\\n' | tfdialogpt chat
       in the chat: /reset clears the history, /quit or Ctrl-D leaves
     """, cmd_chat)

@@ -34,7 +34,8 @@ def run_demo(workdir: str | None = None, turns=None, port: int = 0, out=sys.stdo
     with tempfile.TemporaryDirectory(prefix="tfdialogpt-demo-") as tmp:
         base_path = Path(workdir or tmp) / MODEL_NAME
         started = time.perf_counter()
-        result = export(DialoGPT.from_pretrained("default"), base_path, model_name=MODEL_NAME)
+        model = DialoGPT.from_pretrained("default")
+        result = export(model, base_path, model_name=MODEL_NAME)
         print(f"exported the default model to {result.path} in {time.perf_counter() - started:.1f} s", file=out)
 
         port = port or _free_port()
@@ -46,7 +47,9 @@ def run_demo(workdir: str | None = None, turns=None, port: int = 0, out=sys.stdo
                                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         try:
             tokenizer = Tokenizer.from_pretrained("default")
-            with Client(f"127.0.0.1:{port}", MODEL_NAME, tokenizer=tokenizer, timeout=60) as client:
+            config = model.config
+            with Client(f"127.0.0.1:{port}", MODEL_NAME, tokenizer=tokenizer, timeout=60,
+                        max_positions=config.max_positions, eos_token_id=config.eos_token_id) as client:
                 started = time.perf_counter()
                 version = client.wait_until_available(timeout=180)
                 print(f"tfdialogpt serve is up on 127.0.0.1:{port}, model {MODEL_NAME!r} version {version} "
