@@ -11,13 +11,13 @@ Two tfdialogpt rows: float32 (token-identical to HF) and `quantize("int8")` (int
 activations; its accuracy cost against float32 is measured by `benchmarks/quantization.py`).
 
 The machine's speed drifts (other tenants share the host's memory bandwidth: the same run
-measured 43 and 32 GB/s an hour apart, and 36 to 63 GB/s within one cell), so every contender
+measured 43 and 32 GB/s an hour apart, and 29 to 64 GB/s within one cell), so every contender
 of a cell is started and compiled first, each in its own process, and the timed runs then go
 round-robin over the contenders: drift hits every column alike. The read-bandwidth probe runs
 between every two timed runs, so each run's bound comes from the bandwidth measured just
 before and just after it; the percentage of the bound is the median of those per-run ratios.
 
-    python benchmarks/generate.py            # full table (about 15 minutes on 2 cores)
+    python benchmarks/generate.py            # full table (about 20 minutes on 2 cores)
     python benchmarks/generate.py --quick    # small shape, batch 1, fewer tokens: a smoke run
 """
 
@@ -375,11 +375,14 @@ def format_table(rows, new_tokens) -> str:
         if batch == 1:
             percents = [percent_of_bound(contenders[name], batch * new_tokens, weight_bytes(config, size))
                         for name, size in (("tfdialogpt", 4), ("tfdialogpt_int8", 1))]
-            steps = [decode_steps(contenders[name], new_tokens, weight_bytes(config, size))
-                     for name, size in (("tfdialogpt", 4), ("tfdialogpt_int8", 1))]
-            bound_cells = [f"{bounds[0]:.1f} / {bounds[1]:.1f}", f"{percents[0]:.0f}% / {percents[1]:.0f}%",
-                           f"{steps[0][0]:.0f} / {steps[1][0]:.0f}", f"{steps[0][1]:.1f} / {steps[1][1]:.1f}",
-                           f"{steps[0][2]:.0f}% / {steps[1][2]:.0f}%"]
+            bound_cells = [f"{bounds[0]:.1f} / {bounds[1]:.1f}", f"{percents[0]:.0f}% / {percents[1]:.0f}%"]
+            if new_tokens > 1:  # decode steps exist
+                steps = [decode_steps(contenders[name], new_tokens, weight_bytes(config, size))
+                         for name, size in (("tfdialogpt", 4), ("tfdialogpt_int8", 1))]
+                bound_cells += [f"{steps[0][0]:.0f} / {steps[1][0]:.0f}", f"{steps[0][1]:.1f} / {steps[1][1]:.1f}",
+                                f"{steps[0][2]:.0f}% / {steps[1][2]:.0f}%"]
+            else:
+                bound_cells += ["-"] * 3
         else:
             bound_cells = ["-"] * 5
         lines.append(f"| {shape} | {batch} | " + " | ".join(cells)
