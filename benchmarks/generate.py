@@ -115,13 +115,15 @@ def ours(directory, ids, new_tokens, quantize=None, jit_compile=True):
     fn = make_generate_fn(model, max_new_tokens=new_tokens, do_sample=False, batch_size=B, prompt_length=T,
                           jit_compile=jit_compile)
 
+    prompt, mask = tf.constant(ids), tf.ones([B, T], tf.int32)
+    one, zero, greedy = tf.constant(1.0), tf.constant(0), tf.constant(False)
+    limits = {n: tf.constant(n) for n in (1, new_tokens)}
+
     def run(tokens=new_tokens):
-        """Exactly `tokens` new tokens (<= new_tokens) from the same compiled graph: with 1, the
+        """Exactly `tokens` (1 or new_tokens) new tokens from the same compiled graph: with 1, the
         prompt pass and the first token only, so timing both splits prefill from decode steps."""
-        limit = tf.constant(tokens)
-        args = (tf.constant(ids), tf.ones([B, T], tf.int32), limit, tf.constant(1.0), tf.constant(0),
-                tf.constant(1.0), tf.constant(1.0), tf.constant(0), limit, tf.constant(False), tf.constant(1.0))
-        return fn(*args)["sequences"].numpy()
+        limit = limits[tokens]
+        return fn(prompt, mask, limit, one, zero, one, one, zero, limit, greedy, one)["sequences"].numpy()
 
     return run
 
@@ -394,7 +396,7 @@ def format_table(rows, new_tokens) -> str:
                  f"the bandwidth probes (one between every two timed runs); bound = read GB/s / bytes of weights; "
                  f"% of bound: the median over the timed runs of tokens/s / the bound from the probes either side; "
                  f"first token: the prompt pass and first token alone (same graph, max_new_tokens=1); decode step: "
-                 f"(run - first token) / {new_tokens - 1}, and its % of the bound.")
+                 f"(run - first token) / (new tokens - 1), and its % of the bound.")
     return "\n".join(lines)
 
 

@@ -294,17 +294,9 @@ def load_config(name_or_path: str | os.PathLike, cache_dir=None, revision=None, 
     what a client of a served model needs (its positions and EOS id)."""
     directory = _local_directory(name_or_path)
     if directory is not None:
-        path = _config_in_dir(directory)
-    else:
-        from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-
-        try:
-            path = _hub_download(str(name_or_path), CONFIG_NAME, cache_dir=cache_dir, revision=revision, token=token,
-                                 local_files_only=local_files_only)
-        except (HFValidationError, HfHubHTTPError) as err:
-            raise CheckpointError(f"cannot load {name_or_path!r} from the hub: {err}") from None
-        if path is None:
-            raise CheckpointError(f"could not find {CONFIG_NAME} for {str(name_or_path)!r} on the hub or in its cache")
+        return _read_config(_config_in_dir(directory))
+    path, _ = _resolve_hub(str(name_or_path), config_only=True, cache_dir=cache_dir, revision=revision,
+                           token=token, local_files_only=local_files_only)
     return _read_config(path)
 
 
@@ -315,7 +307,7 @@ def _read_config(path: Path) -> DialoGPTConfig:
         raise CheckpointError(f"bad {path}: {err}") from None
 
 
-def _resolve_hub(repo_id: str, **hub_kwargs) -> tuple[Path, Path]:
+def _resolve_hub(repo_id: str, config_only: bool = False, **hub_kwargs) -> tuple[Path, Path | None]:
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
@@ -325,6 +317,8 @@ def _resolve_hub(repo_id: str, **hub_kwargs) -> tuple[Path, Path]:
         config_path = _hub_download(repo_id, CONFIG_NAME, **hub_kwargs)
         if config_path is None:
             raise CheckpointError(f"could not find {CONFIG_NAME} for {repo_id!r} {where}")
+        if config_only:
+            return config_path, None
         for filename in WEIGHT_FILES:
             weights = _hub_download(repo_id, filename, **hub_kwargs)
             if weights is None:

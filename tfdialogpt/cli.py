@@ -153,17 +153,17 @@ def _make_chat(args, history=()):
         if args.quantize:
             raise ValueError("--quantize applies to a local model; a served model's weights are chosen when "
                              "it is exported (tfdialogpt export --quantize int8)")
-        from tfdialogpt.checkpoint import CheckpointError, load_config
+        from tfdialogpt.checkpoint import load_config
 
-        files = args.tokenizer or args.model  # the served model's tokenizer, and its config if there
-        tokenizer = Tokenizer.from_pretrained(files)
-        try:
-            max_positions = load_config(files).max_positions
-        except CheckpointError:  # a bare tokenizer: GPT-2's positions
-            max_positions = DEFAULT_SERVED_POSITIONS
+        config = load_config(args.model)  # the served model's positions and EOS id; no weights read
+        tokenizer = Tokenizer.from_pretrained(args.tokenizer or args.model)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but --model {args.model}'s config only "
+                             f"{config.vocab_size}: with --server, --model names the served model's directory or "
+                             "hub id (its config and tokenizer; no weights are read)")
         sampling.pop("jit_compile", None)
         backend = Client(args.server, args.model_name, tokenizer=tokenizer, timeout=args.timeout,
-                         max_positions=max_positions)
+                         max_positions=config.max_positions, eos_token_id=config.eos_token_id)
         backend.wait_until_available(timeout=args.timeout)
     else:
         from tfdialogpt import DialoGPT
@@ -179,7 +179,6 @@ def _make_chat(args, history=()):
     return Chat(backend, tokenizer, max_new_tokens=max_new_tokens, mmi=mmi, history=history, **sampling)
 
 
-DEFAULT_SERVED_POSITIONS = 1024  # GPT-2's, when the served model's config is not at hand
 CHAT_HELP = "type a message and press Enter; /reset starts over, /quit (or Ctrl-D) leaves"
 
 
@@ -296,8 +295,8 @@ def _add_model_arguments(p, server: bool) -> None:
                    help="int8 weights: faster generation on CPU at a small accuracy cost")
     if server:
         p.add_argument("--server", metavar="HOST:PORT", default=None,
-                       help="chat through a served model instead (--tokenizer or --model then names its tokenizer "
-                            "and config; no weights are read)")
+                       help="chat through a served model instead (--model then names its config and tokenizer; "
+                            "no weights are read)")
         p.add_argument("--model-name", default="dialogpt", help="the served model's name")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed to each request")
 
