@@ -98,6 +98,20 @@ def test_matches_hf_with_rows_ending_at_different_steps(lively, options):
         assert produced[0] == 4 and produced.max() > 4  # rows really did end at different steps
 
 
+@pytest.mark.parametrize("options", [{}, {"repetition_penalty": 1.4, "no_repeat_ngram_size": 2}],
+                         ids=["greedy", "processors"])
+def test_matches_hf_at_batch_one(lively, options):
+    """Batch 1 decodes through its own matmul form under XLA (`layers.one_row_matmul`)."""
+    pt, model = lively
+    ids, mask = dialogue_batch(seed=5)
+    for row in range(len(ids)):
+        real = mask[row].astype(bool)
+        one = ids[row : row + 1, real]
+        ours = model.generate(one, max_new_tokens=12, **options)
+        expected = hf_generate(pt, one, np.ones_like(one), 12, **options)
+        np.testing.assert_array_equal(ours.sequences.numpy(), expected)
+
+
 def test_prompt_eos_does_not_stop_a_row(lively):
     pt, model = lively
     ids, mask = dialogue_batch(seed=2)
@@ -117,6 +131,10 @@ def test_matches_hf_on_small_shape(small_reference):
         ours = model.generate(ids, attention_mask=mask, max_new_tokens=12, **options)
         np.testing.assert_array_equal(ours.sequences.numpy(), hf_generate(small_reference.pt, ids, mask, 12,
                                                                           eos=50256, **options))
+    # Batch 1 (the longest history alone) decodes through `layers.one_row_matmul`.
+    one = ids[2:3]
+    ours = model.generate(one, max_new_tokens=12)
+    np.testing.assert_array_equal(ours.sequences.numpy(), hf_generate(small_reference.pt, one, mask[2:3], 12, eos=50256))
 
 
 # ---- the compiled loop against the plain model ----------------------------------------------------

@@ -93,6 +93,40 @@ def test_cache_path_compiles_under_xla_and_matches(tiny_model):
     assert masked_max_diff(logits.numpy(), full, mask) < TOL
 
 
+@pytest.mark.parametrize("shape", [(768, 40), (12, 5), (7, 3)], ids=["split_8", "split_4", "unsplit"])
+def test_one_row_matmul_equals_matmul(shape):
+    """The batch-1 decode's matmul (row blocks of the kernel, summed) equals the plain product,
+    also for widths that 8 does not divide."""
+    from tfdialogpt.layers import one_row_matmul
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, shape[0])).astype(np.float32)
+    kernel = rng.standard_normal(shape).astype(np.float32)
+    got = tf.function(one_row_matmul, jit_compile=True)(tf.constant(x), tf.constant(kernel))
+    np.testing.assert_allclose(got.numpy(), x @ kernel, rtol=1e-5, atol=1e-4)
+
+
+def test_one_row_decode_step_under_xla_uses_the_split_matmul(tiny_model, monkeypatch):
+    """A one-token step at batch 1 under XLA takes `one_row_matmul` for every projection (and
+    matches the eager step); more rows, or no XLA, take the plain matmul."""
+    from tfdialogpt import layers
+
+    calls = []
+    original = layers.one_row_matmul
+    monkeypatch.setattr(layers, "one_row_matmul", lambda x, kernel: calls.append(x.shape[0]) or original(x, kernel))
+
+    def step(ids):
+        cache = tiny_model.init_cache(ids.shape[0], 4, per_layer=True, split_kv=True)
+        return tiny_model.call_with_cache(ids, cache, 0)[0]
+
+    one = tf.constant([[5]], tf.int32)
+    xla = tf.function(step, jit_compile=True)(one)
+    assert calls == [1] * 4 * TINY.num_layers  # c_attn, c_proj, c_fc, mlp c_proj per layer
+    np.testing.assert_allclose(xla.numpy(), step(one).numpy(), atol=1e-5)
+    tf.function(step, jit_compile=True)(tf.constant([[5], [6]], tf.int32))
+    assert len(calls) == 4 * TINY.num_layers
+
+
 def test_hidden_states_and_head(tiny_model):
     ids = np.arange(5, dtype=np.int32)[None]
     hidden, _ = tiny_model.call_with_cache(ids, tiny_model.init_cache(1, 5), 0, return_hidden=True)

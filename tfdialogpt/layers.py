@@ -34,6 +34,29 @@ def _barrier(x):
     return tfxla.optimization_barrier(x)[0], lambda grad: grad
 
 
+# How many row blocks of the kernel a one-row matmul under XLA is split into (see
+# `one_row_matmul`).
+ONE_ROW_SPLIT = 8
+
+
+def one_row_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """`x @ kernel` for one row `x` [1, K] and `kernel` [K, N], as a sum of partial products
+    over `ONE_ROW_SPLIT` contiguous row blocks of the kernel (one batched matmul, then a sum).
+
+    The batch-1 decode step is a chain of such matrix-vector products, bound by reading the
+    kernels. CPU XLA runs a plain [1, K] x [K, N] product as one multi-threaded Eigen call that
+    reads DialoGPT's kernels at 28 to 42 GB/s (the 768-wide ones the slowest); as a batch of
+    [1, K/8] x [K/8, N] products (reshapes of the same buffers, no copy) it reads them at 38 to
+    49 GB/s, and a whole greedy decode at batch 1 runs 4 to 27% faster (measured side by side on
+    the 2-core benchmark machine; see benchmarks/RESULTS.md). Only the summation order changes.
+    """
+    K, N = kernel.shape
+    parts = math.gcd(K, ONE_ROW_SPLIT)
+    partial = tf.matmul(tf.reshape(x, [parts, 1, K // parts]), tf.reshape(kernel, [parts, K // parts, N]))
+    # The barrier keeps the sum (and the bias add after it) out of the matmul's fusion.
+    return tf.reduce_sum(_barrier(partial), axis=0)
+
+
 class Conv1D(keras.layers.Layer):
     """GPT-2's "Conv1D": a dense projection whose kernel is stored (in, out), named `weight`."""
 
@@ -55,12 +78,16 @@ class Conv1D(keras.layers.Layer):
         # handles far better than a 3-D einsum.
         leading = tf.shape(x)[:-1]
         x2d = tf.reshape(x, [-1, tf.shape(x)[-1]])
-        y = tf.matmul(x2d, tf.cast(self.weight, x.dtype))
-        if in_xla_context():
+        kernel = tf.cast(self.weight, x.dtype)
+        if not in_xla_context():
+            y = tf.matmul(x2d, kernel)
+        elif x2d.shape[0] == 1:
+            y = one_row_matmul(x2d, kernel)
+        else:
             # Keeps the bias add out of the matmul: CPU XLA emits a fused matmul + add as its
             # own single-threaded loop, a bare matmul as a multi-threaded Eigen call (whole
             # greedy decode at batch 1: 1.75 s instead of 2.10 s, profiled side by side).
-            y = _barrier(y)
+            y = _barrier(tf.matmul(x2d, kernel))
         y = y + tf.cast(self.bias, x.dtype)
         return tf.reshape(y, tf.concat([leading, [self.units]], axis=0))
 
