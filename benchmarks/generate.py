@@ -60,22 +60,26 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
 
 def bandwidth_probe(megabytes: int = 512, passes: int = 3):
     """A callable returning the sustained read bandwidth (bytes/s) over a buffer far larger than
-    the caches: `passes` back-to-back reads (about 40 ms at 40 GB/s), for the better of two ways
-    of reading, an XLA matrix-vector product (how a decode step reads its weights) and TF's
-    multi-threaded reduce_sum."""
+    the caches: `passes` back-to-back reads (about 40 ms at 40 GB/s), for the best of three ways
+    of reading: an XLA matrix-vector product, the same product in the blocked form a batch-1
+    decode step uses (`layers.one_row_matmul`), and TF's multi-threaded reduce_sum."""
     import tensorflow as tf
+
+    from tfdialogpt.layers import one_row_matmul
 
     C = 768
     matrix = tf.ones([C, megabytes * 2**20 // 4 // C], tf.float32)
     vector = tf.ones([1, C], tf.float32)
     gemv = tf.function(lambda m, v: tf.reduce_sum(tf.matmul(v, m)), jit_compile=True)
+    blocked = tf.function(lambda m, v: tf.reduce_sum(one_row_matmul(v, m)), jit_compile=True)
     total = tf.function(lambda m: tf.reduce_sum(m))
-    gemv(matrix, vector).numpy(), total(matrix).numpy()
+    gemv(matrix, vector).numpy(), blocked(matrix, vector).numpy(), total(matrix).numpy()
     nbytes = matrix.shape[0] * matrix.shape[1] * 4
 
     def measure():
         best = float("inf")
-        for fn in (lambda: gemv(matrix, vector).numpy(), lambda: total(matrix).numpy()):
+        for fn in (lambda: gemv(matrix, vector).numpy(), lambda: blocked(matrix, vector).numpy(),
+                   lambda: total(matrix).numpy()):
             start = time.perf_counter()
             for _ in range(passes):
                 fn()
