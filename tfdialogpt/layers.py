@@ -45,10 +45,11 @@ def one_row_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 
     The batch-1 decode step is a chain of such matrix-vector products, bound by reading the
     kernels. CPU XLA runs a plain [1, K] x [K, N] product as one multi-threaded Eigen call that
-    reads DialoGPT's kernels at 28 to 42 GB/s (the 768-wide ones the slowest); as a batch of
-    [1, K/8] x [K/8, N] products (reshapes of the same buffers, no copy) it reads them at 38 to
-    49 GB/s, and a whole greedy decode at batch 1 runs 4 to 27% faster (measured side by side on
-    the 2-core benchmark machine; see benchmarks/RESULTS.md). Only the summation order changes.
+    reads DialoGPT's kernels at 27 to 40 GB/s on the 2-core benchmark machine; as a batch of
+    [1, K/8] x [K/8, N] products (reshapes of the same buffers, no copy) it reads them at 36 to
+    57 GB/s, and a whole greedy decode at batch 1 runs 3 to 27% faster, at 85 to 90% of the
+    memory-bandwidth bound (see benchmarks/RESULTS.md). Only the summation order changes. At
+    batch 8 the blocked form is slower, so only one-row products take it.
     """
     K, N = kernel.shape
     parts = math.gcd(K, ONE_ROW_SPLIT)

@@ -4,7 +4,7 @@
 token embedding / LM head as int8 with one float scale per output channel, and drops the
 float32 copies (a quarter of the memory). Each matmul then quantizes its input rows on the fly
 (symmetric abs-max, one scale per row) and runs an int8 x int8 -> int32 matmul, which XLA on
-CPU hands to YNNPACK: on the 2-core benchmark machine generation runs 1.6 to 1.9x faster than
+CPU hands to YNNPACK: on the 2-core benchmark machine generation runs 1.6 to 1.7x faster than
 float32 at batch 1 and 8 (see benchmarks/RESULTS.md, with the accuracy cost measured against
 float32 by `benchmarks/quantization.py`). Inference only: a quantized model cannot be
 trained or saved as an HF checkpoint.
