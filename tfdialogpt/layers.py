@@ -47,9 +47,10 @@ def one_row_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     kernels. CPU XLA runs a plain [1, K] x [K, N] product as one multi-threaded Eigen call that
     reads DialoGPT's kernels at 27 to 40 GB/s on the 2-core benchmark machine; as a batch of
     [1, K/8] x [K/8, N] products (reshapes of the same buffers, no copy) it reads them at 36 to
-    57 GB/s, and a whole greedy decode at batch 1 runs 3 to 27% faster, at 85 to 90% of the
-    memory-bandwidth bound (see benchmarks/RESULTS.md). Only the summation order changes. At
-    batch 8 the blocked form is slower, so only one-row products take it.
+    57 GB/s, and a whole greedy decode at batch 1 runs 3 to 27% faster: 85 to 87% of the
+    memory-bandwidth bound at the host's usual 46 GB/s, less during its bursts to 63 GB/s (see
+    benchmarks/RESULTS.md). Only the summation order changes. At batch 8 the blocked form is
+    slower, so only one-row products take it.
     """
     K, N = kernel.shape
     parts = math.gcd(K, ONE_ROW_SPLIT)
