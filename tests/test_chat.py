@@ -66,7 +66,7 @@ def test_truncation_keeps_newest_whole_turns(tokenizer):
 
 def test_too_long_user_turn_is_a_clear_error(tokenizer):
     chat = Chat(FakeBackend([[1]], max_positions=20), tokenizer, max_new_tokens=10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the newest turn is .* longer than max_length"):
         chat.reply("I am fine, thank you. " * 10)
     with pytest.raises(ValueError, match="non-empty"):
         chat.reply("   ")
@@ -76,7 +76,6 @@ def test_too_long_user_turn_is_a_clear_error(tokenizer):
 def test_batch_replies_use_one_generate_call(tokenizer):
     backend = FakeBackend([tokenizer.encode("Hi there"), tokenizer.encode("Yes, I love jazz.")])
     chats = [Chat(backend, tokenizer), Chat(backend, tokenizer)]
-    chats[1].sampling = chats[0].sampling
     assert reply_batch(chats, ["Hello", "Do you like music?"]) == ["Hi there", "Yes, I love jazz."]
     assert len(backend.calls) == 1 and len(backend.calls[0][0]) == 2
 
@@ -142,7 +141,7 @@ def test_mmi_sampling_by_softmax_of_scores():
     mmi = MMI(FakeBackend([[1]]), num_candidates=3, temperature=1.0, seed=0)
     picks = [mmi.pick(np.array([0.0, 5.0, -np.inf])) for _ in range(200)]
     assert 2 not in picks and picks.count(1) > 180
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="num_candidates must be at least 1"):
         MMI(FakeBackend([[1]]), num_candidates=0)
 
 

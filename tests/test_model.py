@@ -57,26 +57,22 @@ def test_padded_rows_equal_rows_run_alone(tiny_model, side):
         np.testing.assert_allclose(batch[row, span], alone, atol=TOL)
 
 
-@pytest.mark.parametrize("form", ["stacked", "per_layer", "split_kv"])
-def test_cached_steps_equal_full_pass(tiny_model, form):
+def test_cached_steps_equal_full_pass(tiny_model):
     """Prefill a left-padded prompt, then feed one token at a time into a longer buffer."""
     ids, mask = padded_batch(np.random.default_rng(3), TINY.vocab_size, [12, 5, 8], side="left")
     full = tiny_model(ids, attention_mask=mask).numpy()
     prompt = 6
     buffer = 16  # longer than the sequence: the unused tail must not matter
     cache_mask = np.concatenate([mask, np.ones((3, buffer - 12), np.int32)], axis=1)
-    cache = tiny_model.init_cache(3, buffer, per_layer=form != "stacked", split_kv=form == "split_kv")
+    cache = tiny_model.init_cache(3, buffer)
     logits, cache = tiny_model.call_with_cache(ids[:, :prompt], cache, 0, attention_mask=cache_mask)
     steps = [logits.numpy()]
     for t in range(prompt, 12):
         logits, cache = tiny_model.call_with_cache(ids[:, t : t + 1], cache, t, attention_mask=cache_mask)
         steps.append(logits.numpy())
-    layer_shape = {
-        "stacked": (TINY.num_layers, 2, 3, TINY.num_heads, buffer, TINY.head_size),
-        "per_layer": (2, 3, TINY.num_heads, buffer, TINY.head_size),
-        "split_kv": (3 * TINY.num_heads, buffer, TINY.head_size),
-    }[form]
-    assert tf.nest.flatten(cache)[0].shape == layer_shape
+    # The one layout: per layer, (keys, values) buffers of [B * H, S, D].
+    assert len(cache) == TINY.num_layers and all(len(layer) == 2 for layer in cache)
+    assert {tuple(t.shape) for t in tf.nest.flatten(cache)} == {(3 * TINY.num_heads, buffer, TINY.head_size)}
     assert masked_max_diff(np.concatenate(steps, axis=1), full, mask) < TOL
 
 
@@ -116,7 +112,7 @@ def test_one_row_decode_step_under_xla_uses_the_split_matmul(tiny_model, monkeyp
     monkeypatch.setattr(layers, "one_row_matmul", lambda x, kernel: calls.append(x.shape[0]) or original(x, kernel))
 
     def step(ids):
-        cache = tiny_model.init_cache(ids.shape[0], 4, per_layer=True, split_kv=True)
+        cache = tiny_model.init_cache(ids.shape[0], 4)
         return tiny_model.call_with_cache(ids, cache, 0)[0]
 
     one = tf.constant([[5]], tf.int32)
@@ -161,4 +157,4 @@ def test_mixed_bfloat16_policy(tiny_reference, tiny_model):
     reference = tiny_model(ids, attention_mask=mask).numpy()
     assert logits.dtype == np.float32
     assert masked_max_diff(logits, reference, mask) < 0.05  # bf16 has 8 bits of mantissa
-    assert mixed.init_cache(2, 4).dtype == tf.bfloat16
+    assert {t.dtype for t in tf.nest.flatten(mixed.init_cache(2, 4))} == {tf.bfloat16}

@@ -149,7 +149,7 @@ def test_batcher_merges_equal_greedy_requests_and_runs_sampled_ones_alone():
         for i in range(8):
             inputs = _generate_inputs(input_ids=np.array([[i, i, i, i]], np.int32))
             if i >= 6:
-                inputs["temperature"] = np.asarray(0.7, np.float32)  # sampled: alone
+                inputs["do_sample"] = np.asarray(True)  # sampled: alone
             tasks.append(_Task(servable, "generate", inputs, batch_key(servable, contract.GENERATE, inputs), 1))
         futures = [batcher.submit(task) for task in tasks]
         results = [f.result(timeout=RPC_TIMEOUT) for f in futures]

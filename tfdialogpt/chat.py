@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-DEFAULT_MAX_NEW_TOKENS = 40
+from tfdialogpt import padding
+from tfdialogpt.generation_config import GenerationConfig
 
 
 class Backend(Protocol):
@@ -22,8 +23,9 @@ class Backend(Protocol):
 
     max_positions: int
 
-    def generate_ids(self, histories: Sequence[Sequence[int]], **sampling: Any) -> list[list[int]]:
-        """Continuations (without the closing EOS) for each history, one batched call."""
+    def generate_ids(self, histories: Sequence[Sequence[int]], **settings: Any) -> list[list[int]]:
+        """Continuations (without the closing EOS) for each history, one batched call, decoded
+        with `GenerationConfig`'s defaults plus `settings`."""
 
     def score_ids(self, contexts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]]) -> np.ndarray:
         """log P(reply | context) for each pair."""
@@ -32,19 +34,18 @@ class Backend(Protocol):
 class LocalBackend:
     """A `DialoGPT` in this process."""
 
-    def __init__(self, model):
+    def __init__(self, model, jit_compile: bool = True):
         self.model = model
+        self.jit_compile = jit_compile
         self.max_positions = model.config.max_positions
         self.eos_token_id = model.config.eos_token_id
 
-    def generate_ids(self, histories, **sampling):
-        width = max(len(h) for h in histories)
-        ids = np.full((len(histories), width), self.eos_token_id, np.int32)
-        mask = np.zeros_like(ids)
-        for row, history in enumerate(histories):  # left padding: every row ends at the same column
-            ids[row, width - len(history) :] = history
-            mask[row, width - len(history) :] = 1
-        return self.model.generate(ids, attention_mask=mask, **sampling).token_lists(self.eos_token_id)
+    def generate_ids(self, histories, **settings):
+        ids, mask = padding.left_pad(histories, self.eos_token_id)  # every row ends at one column
+        # The chat's settings, whole: not on top of the model's own generation_config.
+        out = self.model.generate(ids, attention_mask=mask, config=GenerationConfig(), jit_compile=self.jit_compile,
+                                  **settings)
+        return out.token_lists(self.eos_token_id)
 
     def score_ids(self, contexts, replies):
         from tfdialogpt.scoring import score
@@ -110,35 +111,41 @@ class Chat:
     Args:
         model: a `DialoGPT`, or a backend such as `tfdialogpt.serving.Client` for a served model.
         tokenizer: the model's `Tokenizer`.
-        max_new_tokens: reply length cap.
+        config: the decoding settings (`GenerationConfig`; default: its defaults).
         max_context_tokens: token budget for the history; by default what the model's positions
             leave after the reply. The newest whole turns that fit are kept.
         mmi: an `MMI` reranker, or None for plain decoding.
         history: earlier turns to start from (oldest first, user and bot alternating).
-        **sampling: passed to generate (`do_sample`, `top_k`, `top_p`, `temperature`,
-            `repetition_penalty`, `num_beams`, `seed`, ...).
+        **settings: `GenerationConfig` settings on top of `config` (`max_new_tokens`,
+            `do_sample`, `top_k`, `top_p`, `temperature`, `num_beams`, `seed`, ...).
 
     Example:
         >>> chat = Chat(model, tokenizer, do_sample=True, top_p=0.9, seed=0)  # doctest: +SKIP
         >>> chat.reply("Does money buy happiness?")  # doctest: +SKIP
     """
 
-    def __init__(self, model, tokenizer, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    def __init__(self, model, tokenizer, *, config: GenerationConfig | None = None,
                  max_context_tokens: int | None = None, mmi: MMI | None = None, history: Sequence[str] = (),
-                 **sampling: Any):
+                 **settings: Any):
         self.backend = as_backend(model)
         self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
+        if config is None:  # the model's own settings (its generation_config.json), if local
+            config = getattr(getattr(self.backend, "model", None), "generation_config", None) or GenerationConfig()
+        self.config = config.replace(**settings).validate()
+        max_new_tokens = self.max_new_tokens
         room = self.backend.max_positions - max_new_tokens
         if room < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a history "
                              f"in {self.backend.max_positions} positions")
         self.max_context_tokens = min(max_context_tokens or room, room)
         self.mmi = mmi
-        self.sampling = sampling
         if any(not isinstance(turn, str) for turn in history):
             raise ValueError("history must be a list of turns (strings), oldest first")
         self._turns: list[str] = list(history)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.config.max_new_tokens
 
     @property
     def history(self) -> list[str]:
@@ -169,6 +176,14 @@ class Chat:
         return candidates[self.mmi.pick(self.mmi.scores(source, candidates, eos))]
 
 
+def changed_settings(config: GenerationConfig) -> dict[str, Any]:
+    """The settings of `config` that differ from `GenerationConfig`'s defaults (what a backend
+    is sent: it decodes with the defaults plus these)."""
+    default = GenerationConfig()
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(default, f.name)}
+
+
 def _split_turns(ids: list[int], eos: int) -> list[list[int]]:
     turns, current = [], []
     for t in ids:
@@ -193,21 +208,21 @@ def reply_batch(chats: Sequence[Chat], texts: Sequence[str]) -> list[str]:
         return []
     first = chats[0]
     for chat in chats[1:]:
-        if not _same_backend(chat.backend, first.backend) or chat.sampling != first.sampling or chat.mmi is not first.mmi:
+        if not _same_backend(chat.backend, first.backend) or chat.config != first.config or chat.mmi is not first.mmi:
             raise ValueError("reply_batch needs chats that share one backend, sampling and MMI settings")
     for text in texts:
         if not isinstance(text, str) or not text.strip():
             raise ValueError("a user turn must be a non-empty string")
     contexts = [chat.context_ids(text) for chat, text in zip(chats, texts, strict=True)]
-    sampling = dict(first.sampling, max_new_tokens=first.max_new_tokens)
+    config = first.config
     per_chat = 1
     if first.mmi is not None:
         per_chat = first.mmi.num_candidates
-        sampling.update(do_sample=True, top_k=first.mmi.top_k)
-        if first.mmi.seed is not None:
-            sampling.setdefault("seed", first.mmi.seed)
+        config = config.replace(do_sample=True, top_k=first.mmi.top_k)
+        if config.seed is None and first.mmi.seed is not None:
+            config = config.replace(seed=first.mmi.seed)
     histories = [ctx for ctx in contexts for _ in range(per_chat)]
-    outputs = first.backend.generate_ids(histories, **sampling)
+    outputs = first.backend.generate_ids(histories, **changed_settings(config))
     replies = []
     for i, (chat, text, context) in enumerate(zip(chats, texts, contexts, strict=True)):
         chosen = chat._choose(context, outputs[i * per_chat : (i + 1) * per_chat])

@@ -409,3 +409,14 @@ def save_pretrained(model, directory, *, safe_serialization: bool = False, token
         save_file(pt, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
+
+
+def resolve_file(name_or_path: str | os.PathLike, filename: str, **hub_kwargs) -> Path | None:
+    """An optional file beside the checkpoint (e.g. `generation_config.json`): its path in a
+    local directory or the hub's cache (downloaded if needed), or None when there is none."""
+    directory = _local_directory(name_or_path)
+    if directory is not None:
+        path = directory / filename
+        return path if path.is_file() else None
+    hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
+    return _hub_download(str(name_or_path), filename, **hub_kwargs)

@@ -95,24 +95,15 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
-def _sampling_kwargs(args) -> dict:
-    kwargs = dict(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
-    # Options only a local model has; a served export rejects them clearly if set.
-    for name in ("no_repeat_ngram_size", "min_new_tokens", "num_beams", "length_penalty"):
-        default = 1.0 if name == "length_penalty" else (1 if name == "num_beams" else 0)
-        if getattr(args, name) != default:
-            kwargs[name] = getattr(args, name)
-    if getattr(args, "no_xla", False):
-        kwargs["jit_compile"] = False
-    return kwargs
+# Settings without a flag: the model's own ids are right for the CLI's models.
+_NO_FLAG = ("eos_token_id", "pad_token_id")
+
+
+def _generation_settings(args) -> dict:
+    """The `GenerationConfig` settings given on the command line (the others keep defaults)."""
+    from tfdialogpt.generation_config import SETTINGS
+
+    return {name: getattr(args, name) for name in SETTINGS if getattr(args, name, None) is not None}
 
 
 def _history_from_args(args) -> list[str]:
@@ -142,11 +133,10 @@ def cmd_generate(args) -> int:
 
 
 def _make_chat(args, history=()):
-    from tfdialogpt.chat import MMI, Chat
+    from tfdialogpt.chat import MMI, Chat, LocalBackend
     from tfdialogpt.tokenizer import Tokenizer
 
-    sampling = _sampling_kwargs(args)
-    max_new_tokens = sampling.pop("max_new_tokens")
+    settings = _generation_settings(args)
     if getattr(args, "server", None):
         from tfdialogpt.serving.client import Client
 
@@ -161,7 +151,6 @@ def _make_chat(args, history=()):
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but --model {args.model}'s config only "
                              f"{config.vocab_size}: with --server, --model names the served model's directory or "
                              "hub id (its config and tokenizer; no weights are read)")
-        sampling.pop("jit_compile", None)
         backend = Client(args.server, args.model_name, tokenizer=tokenizer, timeout=args.timeout,
                          max_positions=config.max_positions, eos_token_id=config.eos_token_id)
         backend.wait_until_available(timeout=args.timeout)
@@ -170,13 +159,15 @@ def _make_chat(args, history=()):
 
         tokenizer = Tokenizer.from_pretrained(args.tokenizer or args.model)
         backend = DialoGPT.from_pretrained(args.model, quantize=args.quantize)
+        if args.no_xla:
+            backend = LocalBackend(backend, jit_compile=False)
     mmi = None
     if getattr(args, "mmi_model", None):
         from tfdialogpt import DialoGPT
 
         mmi = MMI(DialoGPT.from_pretrained(args.mmi_model), num_candidates=args.mmi_candidates,
                   temperature=args.mmi_temperature, seed=args.seed)
-    return Chat(backend, tokenizer, max_new_tokens=max_new_tokens, mmi=mmi, history=history, **sampling)
+    return Chat(backend, tokenizer, mmi=mmi, history=history, **settings)
 
 
 CHAT_HELP = "type a message and press Enter; /reset starts over, /quit (or Ctrl-D) leaves"
@@ -268,19 +259,36 @@ def cmd_demo(args) -> int:
 
 
 def _add_sampling_arguments(p) -> None:
-    g = p.add_argument_group("decoding")
-    g.add_argument("--max-new-tokens", type=int, default=40, help="reply length cap (default 40)")
-    g.add_argument("--min-new-tokens", type=int, default=0, help="suppress EOS before this many tokens")
-    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--no-repeat-ngram-size", type=int, default=0)
-    g.add_argument("--num-beams", type=int, default=1, help="beam search width (local models)")
-    g.add_argument("--length-penalty", type=float, default=1.0, help="beam search length penalty")
-    g.add_argument("--seed", type=int, default=None, help="seed for sampling (same seed, same reply)")
+    """One flag per `GenerationConfig` setting: its name, type, range and default from there."""
+    from tfdialogpt.generation_config import SETTINGS
+
+    g = p.add_argument_group("decoding (GenerationConfig; the model's generation_config.json, else its defaults)")
+    for name, setting in SETTINGS.items():
+        if name in _NO_FLAG:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if setting.kind is bool:
+            g.add_argument(flag, action="store_true", default=None, help=setting.doc)
+            continue
+        default = "none" if setting.default is None else setting.default
+        g.add_argument(flag, type=_setting_type(setting), default=None, metavar=name.split("_")[-1].upper(),
+                       help=f"{setting.doc}; in {setting.range_text()} (default {default})")
     g.add_argument("--no-xla", action="store_true", help="decode without XLA (jit_compile=False)")
+
+
+def _setting_type(setting):
+    def parse(text: str):
+        try:
+            value = setting.kind(text) if setting.kind is float else int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if setting.kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        try:
+            return setting.check(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
 
 
 def _add_model_arguments(p, server: bool) -> None:

@@ -22,6 +22,12 @@ from tfdialogpt.config import DialoGPTConfig
 MASKED_BIAS = -1e9
 
 
+def positions_from_mask(attention_mask: tf.Tensor) -> tf.Tensor:
+    """Position ids [B, S] that count only real tokens: left padding shifts no position."""
+    mask = tf.cast(attention_mask, tf.int32)
+    return tf.maximum(tf.cumsum(mask, axis=1) - 1, 0)
+
+
 def in_xla_context() -> bool:
     """True while tracing a function that XLA will compile (`tf.function(jit_compile=True)`)."""
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())

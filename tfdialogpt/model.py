@@ -18,13 +18,8 @@ import tensorflow as tf
 
 from tfdialogpt import quantization
 from tfdialogpt.config import DialoGPTConfig
-from tfdialogpt.layers import MASKED_BIAS, Block, Conv1D
-
-
-def positions_from_mask(attention_mask: tf.Tensor) -> tf.Tensor:
-    """Position ids [B, S] that count only real tokens: left padding shifts no position."""
-    mask = tf.cast(attention_mask, tf.int32)
-    return tf.maximum(tf.cumsum(mask, axis=1) - 1, 0)
+from tfdialogpt.generation_config import GenerationConfig
+from tfdialogpt.layers import MASKED_BIAS, Block, Conv1D, positions_from_mask
 
 
 def attention_bias(key_mask: tf.Tensor, query_start, num_queries) -> tf.Tensor:
@@ -54,6 +49,7 @@ class DialoGPT(keras.Model):
         kwargs.setdefault("name", "dialogpt")
         super().__init__(**kwargs)
         self.config = config
+        self.generation_config = GenerationConfig()
         init = keras.initializers.RandomNormal(stddev=config.initializer_range)
         # Sublayers share the model's dtype policy: `DialoGPT(config, dtype="mixed_bfloat16")`.
         policy = self.dtype_policy
@@ -89,7 +85,7 @@ class DialoGPT(keras.Model):
         else:
             # The mask covers the whole preallocated buffer; rows of it past the new tokens are
             # never attended to (causal), so their values do not matter.
-            S = tf.shape(cache[0])[-2]
+            S = tf.shape(cache[0][0])[1]
             key_mask = tf.ones([B, S], tf.int32) if attention_mask is None else attention_mask
             query_start = tf.cast(cache_index, tf.int32)
         if position_ids is None:
@@ -100,21 +96,12 @@ class DialoGPT(keras.Model):
 
         x = self.wte(input_ids) + self.wpe(position_ids)
         x = self.drop(x, training=training)
-        # Per-layer caches: a list of [2, B, H, S, D] or of (keys, values) pairs (what the decode
-        # loop carries, so each layer's write stays in place), or one stacked [L, 2, B, H, S, D].
-        stacked = cache is not None and not isinstance(cache, (list, tuple))
         new_layers = []
         for i, block in enumerate(self.h):
             layer_cache = None if cache is None else cache[i]
             x, layer_cache = block(x, bias, cache=layer_cache, cache_index=cache_index, training=training)
             new_layers.append(layer_cache)
-        if cache is None:
-            new_cache = None
-        elif stacked:
-            new_cache = tf.stack(new_layers)
-        else:
-            new_cache = type(cache)(new_layers)
-        return self.ln_f(x), new_cache
+        return self.ln_f(x), (None if cache is None else tuple(new_layers))
 
     def lm_head(self, hidden: tf.Tensor) -> tf.Tensor:
         """Logits [..., vocab] in float32 from hidden states, with the head tied to `wte`."""
@@ -135,32 +122,46 @@ class DialoGPT(keras.Model):
             attention_mask: [B, T], 1 for tokens and 0 for padding (left or right).
             position_ids: [B, T]; by default counted from the mask, so padding never shifts
                 a row's positions and each row's logits equal that row run alone.
+        Raises:
+            ValueError: (eagerly) an id outside [0, vocab_size); in a graph, the same check
+                fails the step with InvalidArgumentError. (Under XLA no check runs.)
         """
         if isinstance(inputs, dict):
             attention_mask = inputs.get("attention_mask", attention_mask)
             position_ids = inputs.get("position_ids", position_ids)
             inputs = inputs["input_ids"]
+        inputs = self._checked_ids(tf.convert_to_tensor(inputs))
         hidden, _ = self._forward(inputs, attention_mask, position_ids, None, None, training)
         return self.lm_head(hidden)
 
-    def init_cache(self, batch_size, length, dtype=None, per_layer=False, split_kv=False):
-        """A zeroed KV cache [L, 2, B, H, S, D] with room for `length` positions.
+    def _checked_ids(self, ids: tf.Tensor) -> tf.Tensor:
+        """`ids`, with ids outside the vocabulary refused (an embedding lookup would wrap a
+        negative id around, or read past the table)."""
+        vocab = self.config.vocab_size
+        if tf.executing_eagerly():
+            bad = tf.logical_or(ids < 0, ids >= vocab)
+            if bool(tf.reduce_any(bad)):
+                first = tf.where(bad)[0].numpy().tolist()
+                value = int(tf.gather_nd(ids, [first]).numpy())
+                raise ValueError(f"input_ids{first} = {value} is outside the vocabulary [0, {vocab})")
+            return ids
+        check = tf.debugging.Assert(
+            tf.reduce_all(tf.logical_and(ids >= 0, ids < vocab)), [f"input_ids must be in [0, {vocab})"]
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(ids)
 
-        With `per_layer=True`, a tuple of L tensors [2, B, H, S, D] instead: the form a decode
-        loop should carry, since each layer's write then updates its own buffer in place.
-        With `split_kv=True` too, each layer is a (keys, values) pair of [B * H, S, D] tensors
-        (batch and heads merged): the fastest form under XLA, where reading keys out of a joint
-        buffer copies them, and so does squeezing a size-1 batch axis.
+    def init_cache(self, batch_size, length, dtype=None):
+        """A zeroed KV cache with room for `length` positions: per layer, a (keys, values) pair
+        of [B * H, S, D] buffers (batch and heads merged).
+
+        Each layer's write then updates its own buffer in place under XLA, where reading keys
+        out of a joint buffer, or squeezing a size-1 batch axis, would copy them.
         """
         c = self.config
         dtype = dtype or self.compute_dtype
-        if per_layer and split_kv:
-            shape = [batch_size * c.num_heads, length, c.head_size]
-            return tuple((tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(c.num_layers))
-        if per_layer:
-            shape = [2, batch_size, c.num_heads, length, c.head_size]
-            return tuple(tf.zeros(shape, dtype) for _ in range(c.num_layers))
-        return tf.zeros([c.num_layers, 2, batch_size, c.num_heads, length, c.head_size], dtype)
+        shape = [batch_size * c.num_heads, length, c.head_size]
+        return tuple((tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(c.num_layers))
 
     def call_with_cache(
         self,
@@ -175,9 +176,7 @@ class DialoGPT(keras.Model):
         """Runs the new tokens `input_ids` [B, T] against a preallocated cache.
 
         Args:
-            cache: [L, 2, B, H, S, D] from `init_cache` (or a previous call), or the per-layer
-                tuple from `init_cache(..., per_layer=True[, split_kv=True])`; returned in the
-                same form.
+            cache: from `init_cache` (or a previous call); returned updated.
             cache_index: int scalar, where the new tokens' keys/values are written.
             attention_mask: [B, S] over the whole cache buffer (1 = real token).
             return_hidden: return final hidden states [B, T, C] instead of logits, so a caller
@@ -189,47 +188,28 @@ class DialoGPT(keras.Model):
         return (hidden if return_hidden else self.lm_head(hidden)), cache
 
     # ---- generation ------------------------------------------------------------------------------
-    def generate(
-        self,
-        input_ids,
-        attention_mask=None,
-        max_new_tokens: int = 64,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-        min_new_tokens: int = 0,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
-        eos_token_id: int | None = None,
-        seed: int | None = None,
-        pad_token_id: int | None = None,
-        jit_compile: bool = True,
-    ):
+    def generate(self, input_ids, attention_mask=None, config: GenerationConfig | None = None,
+                 jit_compile: bool = True, **overrides):
         """Continues each prompt: greedy, sampling or beam search, as one compiled XLA loop.
 
-        Arguments are named and behave as in HF transformers' `generate`.
+        Settings are a `GenerationConfig` (HF's names and meanings): `config`, else the
+        model's `generation_config` (read from the checkpoint's `generation_config.json`
+        when it has one), with `overrides` on top, e.g.
+        `model.generate(ids, max_new_tokens=40, do_sample=True, top_p=0.9, seed=0)`.
 
         Args:
             input_ids: int [B, T] prompts (a 1-D sequence is one prompt). Padding may be on
                 either side; rows are re-padded to the left internally.
             attention_mask: [B, T], 1 for tokens, 0 for padding (default: all tokens).
-            max_new_tokens: how many tokens to generate at most (prompt + new <= positions).
-            do_sample: sample (with `temperature`, `top_k`, `top_p`, `seed`) instead of argmax.
-            repetition_penalty / no_repeat_ngram_size / min_new_tokens: HF's processors.
-            num_beams / length_penalty: beam search (`num_beams > 1`, not with sampling).
-            eos_token_id: ends a row when newly generated (default: the config's, 50256);
-                EOS inside the prompt (DialoGPT's turn separator) does not.
-            seed: makes sampling reproducible (None: a fresh random seed).
-            pad_token_id: fills positions after a row's EOS (default: config's, else EOS).
+            config: the settings; see `GenerationConfig` for each one and its range.
             jit_compile: False runs the same loop without XLA.
+            **overrides: settings that replace the config's.
         Returns:
             `GenerationOutput(sequences, lengths)`: int32 [B, max_new_tokens] new tokens only,
             EOS included and pad after it, and int32 [B] tokens produced per row.
         Raises:
-            ValueError: for a bad argument, before anything is compiled.
+            ValueError: for a bad setting or prompt, before anything is compiled.
+            TypeError: an unknown setting name.
 
         Example:
             >>> out = model.generate(ids, attention_mask=mask, max_new_tokens=40)  # doctest: +SKIP
@@ -237,13 +217,8 @@ class DialoGPT(keras.Model):
         """
         from tfdialogpt.generation import engine
 
-        return engine.generate(
-            self, input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens, num_beams=num_beams,
-            length_penalty=length_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed,
-            jit_compile=jit_compile,
-        )
+        config = (config or self.generation_config).replace(**overrides)
+        return engine.generate(self, input_ids, attention_mask=attention_mask, config=config, jit_compile=jit_compile)
 
     # ---- int8 inference ----------------------------------------------------------------------------
     @property
@@ -288,16 +263,36 @@ class DialoGPT(keras.Model):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> DialoGPT:
         """Loads a checkpoint: a local directory, a hub id (`microsoft/DialoGPT-medium`),
-        or `"default"` for the small model embedded in this package.
+        or `"default"` for the small model embedded in this package. A
+        `generation_config.json` beside the weights becomes the model's `generation_config`.
 
         See `tfdialogpt.checkpoint.load_pretrained` for the formats and keyword arguments.
         """
         from tfdialogpt import checkpoint
+        from tfdialogpt.generation_config import FILE_NAME
 
-        return checkpoint.load_pretrained(cls, name_or_path, **kwargs)
+        model = checkpoint.load_pretrained(cls, name_or_path, **kwargs)
+        path = checkpoint.resolve_file(name_or_path, FILE_NAME, **_hub_kwargs(kwargs))
+        if path is not None:
+            try:
+                config = GenerationConfig.from_json_file(path)
+                # Ids equal to the model's own (what transformers writes) are no setting of their own.
+                same = {name: None for name in ("eos_token_id", "pad_token_id")
+                        if getattr(config, name) == getattr(model.config, name)}
+                model.generation_config = config.replace(**same)
+            except ValueError as err:
+                raise checkpoint.CheckpointError(str(err)) from None
+        return model
 
     def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> None:
-        """Writes `config.json` and `tf_model.h5` in HF's layout (transformers loads it)."""
+        """Writes `config.json` and `tf_model.h5` in HF's layout (transformers loads it), and
+        `generation_config.json` when the model's settings differ from the defaults."""
         from tfdialogpt import checkpoint
 
         checkpoint.save_pretrained(self, directory, **kwargs)
+        if self.generation_config != GenerationConfig():
+            self.generation_config.save_pretrained(directory)
+
+
+def _hub_kwargs(kwargs: dict) -> dict:
+    return {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}

@@ -12,30 +12,13 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfdialogpt import padding
+
 
 def build_batch(contexts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]], pad_id: int = 0):
-    """Right-padded (input_ids, attention_mask, target_mask), each int32 [B, T].
-
-    Raises:
-        ValueError: the lists differ in length, a context or a reply is empty.
-    """
-    if len(contexts) != len(replies):
-        raise ValueError(f"got {len(contexts)} contexts but {len(replies)} replies")
-    if not contexts:
-        raise ValueError("nothing to score: no contexts given")
-    for i, (c, r) in enumerate(zip(contexts, replies, strict=True)):
-        if not len(c) or not len(r):
-            raise ValueError(f"row {i}: context and reply must both be non-empty")
-    width = max(len(c) + len(r) for c, r in zip(contexts, replies, strict=True))
-    ids = np.full((len(contexts), width), pad_id, np.int32)
-    mask = np.zeros_like(ids)
-    target = np.zeros_like(ids)
-    for i, (c, r) in enumerate(zip(contexts, replies, strict=True)):
-        n = len(c) + len(r)
-        ids[i, :n] = list(c) + list(r)
-        mask[i, :n] = 1
-        target[i, len(c) : n] = 1
-    return ids, mask, target
+    """Right-padded (input_ids, attention_mask, target_mask), each int32 [B, T]
+    (`tfdialogpt.padding.score_batch`, which the serving client shares)."""
+    return padding.score_batch(contexts, replies, pad_id)
 
 
 def score_tensors(model, input_ids, attention_mask, target_mask) -> tf.Tensor:

@@ -29,6 +29,7 @@ import numpy as np
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 
+from tfdialogpt import padding
 from tfdialogpt.config import DEFAULT_MODEL_DIR
 
 ENDOFTEXT = "<|endoftext|>"
@@ -468,13 +469,7 @@ class Tokenizer:
             if pad_to_multiple_of <= 0:
                 raise ValueError(f"pad_to_multiple_of must be positive, got {pad_to_multiple_of}")
             length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-        input_ids = np.full((len(rows), length), pad_id, dtype=np.int32)
-        attention_mask = np.zeros((len(rows), length), dtype=np.int32)
-        for i, row in enumerate(rows):
-            span = slice(length - len(row), length) if side == "left" else slice(0, len(row))
-            input_ids[i, span] = row
-            attention_mask[i, span] = 1
-        return input_ids, attention_mask
+        return padding.left_pad(rows, pad_id, length, side=side)
 
     def _check_ids(self, ids: Iterable[int] | np.ndarray, name: str) -> list[int]:
         if hasattr(ids, "numpy") and not isinstance(ids, np.ndarray):  # a TF / torch tensor

@@ -5,31 +5,39 @@ Layers, each usable alone:
 - `sampling.decode` / `beam_search.beam_search`: `tf.while_loop`s over a
   `next(tokens, cache, index)` callback; they never see a model.
 - `engine.make_generate_fn`: a model wired into the loops as one `tf.function` (XLA by
-  default) whose sampling controls are tensor inputs; the SavedModel exporter wraps it.
-- `engine.generate`: argument checks, left re-padding, buckets (`buckets`), memoised
-  compiled functions; `DialoGPT.generate` calls it.
+  default) whose run-time settings are tensor inputs; the SavedModel exporter wraps it.
+- `engine.generate`: config checks, left re-padding, buckets (`tfdialogpt.padding`),
+  memoised compiled functions (`buckets.COMPILED`); `DialoGPT.generate` calls it.
+
+Names are imported lazily, so TF-free code can import `tfdialogpt.generation.buckets`'s
+neighbours without loading TensorFlow.
 """
 
-from tfdialogpt.generation.beam_search import beam_search
-from tfdialogpt.generation.buckets import COMPILED, bucket_shapes
-from tfdialogpt.generation.engine import (
-    GENERATE_INPUTS,
-    GenerationOutput,
-    generate,
-    make_generate_fn,
-    next_token_fn,
-)
-from tfdialogpt.generation.sampling import SamplingParams, decode
+from __future__ import annotations
 
-__all__ = [
-    "COMPILED",
-    "GENERATE_INPUTS",
-    "GenerationOutput",
-    "SamplingParams",
-    "beam_search",
-    "bucket_shapes",
-    "decode",
-    "generate",
-    "make_generate_fn",
-    "next_token_fn",
-]
+import importlib
+
+_PUBLIC = {
+    "COMPILED": "tfdialogpt.generation.buckets",
+    "bucket_shapes": "tfdialogpt.padding",
+    "GENERATE_INPUTS": "tfdialogpt.generation.engine",
+    "GenerationOutput": "tfdialogpt.generation.engine",
+    "generate": "tfdialogpt.generation.engine",
+    "make_generate_fn": "tfdialogpt.generation.engine",
+    "next_token_fn": "tfdialogpt.generation.engine",
+    "beam_search": "tfdialogpt.generation.beam_search",
+    "SamplingParams": "tfdialogpt.generation.sampling",
+    "decode": "tfdialogpt.generation.sampling",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'tfdialogpt.generation' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_PUBLIC))

@@ -19,23 +19,30 @@ import dataclasses
 import tensorflow as tf
 
 from tfdialogpt.generation import processors
+from tfdialogpt.generation_config import SETTINGS
+
+
+def _default(name: str):
+    setting = SETTINGS[name]
+    return dataclasses.field(default=setting.wire_default)
 
 
 @dataclasses.dataclass
 class SamplingParams:
-    """The run-time controls of one decode, each a scalar (Python number or tensor).
+    """The run-time controls of one decode, each a scalar (Python number or tensor); their
+    meanings and defaults are `GenerationConfig`'s (`seed` 0 here: the loop needs a value).
 
     In a compiled graph they are inputs, so changing one never retraces.
     """
 
     max_new_tokens: tf.Tensor | int  # stop after this many steps (<= the buffer's N)
-    do_sample: tf.Tensor | bool = False  # False: greedy (argmax); True: sample (see `decode`)
-    temperature: tf.Tensor | float = 1.0  # sampling only
-    top_k: tf.Tensor | int = 0  # sampling only; 0 = off
-    top_p: tf.Tensor | float = 1.0  # sampling only; 1.0 = off
-    repetition_penalty: tf.Tensor | float = 1.0  # 1.0 = off
-    min_new_tokens: tf.Tensor | int = 0  # EOS forbidden before this many new tokens
-    seed: tf.Tensor | int = 0  # stateless RNG seed: the same seed gives the same tokens
+    do_sample: tf.Tensor | bool = _default("do_sample")
+    temperature: tf.Tensor | float = _default("temperature")
+    top_k: tf.Tensor | int = _default("top_k")
+    top_p: tf.Tensor | float = _default("top_p")
+    repetition_penalty: tf.Tensor | float = _default("repetition_penalty")
+    min_new_tokens: tf.Tensor | int = _default("min_new_tokens")
+    seed: tf.Tensor | int = _default("seed")
 
 
 def first_argmax(scores: tf.Tensor) -> tf.Tensor:

@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 import numpy as np
 
+from tfdialogpt import padding
+from tfdialogpt.generation_config import SEED_LIMIT, SETTINGS, GenerationConfig
 from tfdialogpt.serving import signatures as contract
 from tfdialogpt.serving.protos import apis, to_ndarray, to_tensor_proto
 
@@ -248,60 +250,45 @@ class Client:
         input_ids,
         attention_mask=None,
         *,
-        max_new_tokens: int = contract.PARAMETERS["max_new_tokens"].default,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
-        seed: int | None = None,
-        num_beams: int = 1,
-        no_repeat_ngram_size: int = 0,
-        min_new_tokens: int = 0,
+        config: GenerationConfig | None = None,
         signature: str | None = None,
         timeout: float | None = None,
+        **settings,
     ) -> Generation:
-        """Continues prompts on the server (argument names as in HF `generate`).
+        """Continues prompts on the server; settings as in `DialoGPT.generate`.
 
         Args:
             input_ids: a list of id lists (padded here, on the left), or an int array [B, T]
                 already left-padded, with `attention_mask`.
             attention_mask: [B, T] for an array `input_ids`.
-            max_new_tokens: at most this many new tokens (up to the export's cap).
-            do_sample: sample (with `temperature`, `top_k`, `top_p`); False decodes greedily.
-            seed: makes sampling reproducible; a random one if None.
-            num_beams, no_repeat_ngram_size, min_new_tokens: accepted for compatibility with
-                `DialoGPT.generate`, but only their defaults: the served signatures decode
-                greedily or by sampling, without those processors.
+            config: a `GenerationConfig` (default: its defaults), with `settings` on top
+                (`max_new_tokens` up to the export's cap, `do_sample`, `top_p`, `seed`, ...).
+                Settings that shape a compiled graph (`num_beams`, `no_repeat_ngram_size`,
+                ...) are served only at their defaults: use a local DialoGPT for them.
             signature: overrides the client's generate signature for this call.
             timeout: seconds for this call.
+
+        Raises:
+            InvalidRequestError: a bad setting (before any call).
+            ValueError: a setting that is not served.
+            ServingError: the call failed.
         """
-        for name, value, default in (
-            ("num_beams", num_beams, 1),
-            ("no_repeat_ngram_size", no_repeat_ngram_size, 0),
-            ("min_new_tokens", min_new_tokens, 0),
-        ):
-            if value != default:
+        try:  # refused here, as the server would refuse it
+            config = (config or GenerationConfig()).replace(**settings).validate()
+        except ValueError as err:
+            raise InvalidRequestError(str(err), code=grpc.StatusCode.INVALID_ARGUMENT) from None
+        for name, setting in SETTINGS.items():
+            if name not in contract.PARAMETERS and getattr(config, name) != setting.default:
                 raise ValueError(
-                    f"{name}={value} is not served: the exported signatures decode greedily or by "
-                    f"sampling ({name}={default}); use a local DialoGPT for it"
+                    f"{name}={getattr(config, name)} is not served: the exported signatures decode "
+                    f"greedily or by sampling ({name}={setting.default}); use a local DialoGPT for it"
                 )
-        if do_sample and temperature <= 0:
-            raise ValueError(f"do_sample=True needs a positive temperature, got {temperature}")
-        ids, mask = self._prompt_batch(input_ids, attention_mask, max_new_tokens)
-        if seed is None:
-            seed = secrets.randbelow(2**31) if do_sample else 0
-        values = {
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature if do_sample else 0.0,
-            "top_k": top_k,
-            "top_p": top_p,
-            "repetition_penalty": repetition_penalty,
-            "seed": seed,
-        }
+        if config.seed is None:
+            config = config.replace(seed=secrets.randbelow(SEED_LIMIT) if config.do_sample else 0)
+        ids, mask = self._prompt_batch(input_ids, attention_mask, config.max_new_tokens)
         inputs = {"input_ids": ids, "attention_mask": mask}
         for name, parameter in contract.PARAMETERS.items():
-            inputs[name] = np.asarray(values[name], parameter.spec.np_dtype)
+            inputs[name] = np.asarray(getattr(config, name), parameter.spec.np_dtype)
         outputs, spec = self.predict(signature or self.signature, inputs, timeout)
         return Generation(outputs["sequences"], outputs["lengths"], spec)
 
@@ -313,14 +300,9 @@ class Client:
         rows = [list(row) for row in input_ids]
         if not rows or any(not row for row in rows):
             raise ValueError("input_ids must hold at least one non-empty prompt")
-        # Left padding to the contract's buckets: few distinct shapes reach XLA.
-        width = contract.padded_length(max(len(row) for row in rows), max_new_tokens, self.max_positions)
-        ids = np.full((len(rows), width), self.eos_token_id, np.int32)
-        mask = np.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row) :] = row
-            mask[i, width - len(row) :] = 1
-        return ids, mask
+        # Left padding to the buckets `model.generate` uses: few distinct shapes reach XLA.
+        width = padding.padded_length(max(len(row) for row in rows), max_new_tokens, self.max_positions)
+        return padding.left_pad(rows, self.eos_token_id, width)
 
     def score(self, contexts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]], timeout: float | None = None) -> Scores:
         """log P(reply | context) for each pair, summed over the reply's tokens.
@@ -329,31 +311,20 @@ class Client:
             contexts: non-empty id lists (e.g. a dialogue history ending with EOS).
             replies: one non-empty id list per context.
         """
-        if len(contexts) != len(replies):
-            raise ValueError(f"got {len(contexts)} contexts but {len(replies)} replies")
-        if not contexts:
-            raise ValueError("nothing to score: no contexts given")
-        width = max(len(c) + len(r) for c, r in zip(contexts, replies, strict=True))
-        ids = np.full((len(contexts), width), self.eos_token_id, np.int32)
-        mask, target = np.zeros_like(ids), np.zeros_like(ids)
-        for i, (context, reply) in enumerate(zip(contexts, replies, strict=True)):
-            if not len(context) or not len(reply):
-                raise ValueError(f"row {i}: context and reply must both be non-empty")
-            n = len(context) + len(reply)
-            ids[i, :n] = list(context) + list(reply)
-            mask[i, :n] = 1
-            target[i, len(context) : n] = 1
+        ids, mask, target = padding.score_batch(contexts, replies, self.eos_token_id)
         outputs, spec = self.predict(
             contract.SCORE_SIGNATURE, {"input_ids": ids, "attention_mask": mask, "target_mask": target}, timeout
         )
         return Scores(outputs["log_probs"], outputs["num_tokens"], spec)
 
-    def replies(self, histories: Sequence[Sequence[str]], *, max_new_tokens: int = contract.PARAMETERS["max_new_tokens"].default, timeout: float | None = None, **sampling) -> list[str]:
+    def replies(self, histories: Sequence[Sequence[str]], *, config: GenerationConfig | None = None,
+                timeout: float | None = None, **settings) -> list[str]:
         """Replies to several dialogue histories in one Predict call (tokenized here)."""
         tokenizer = self.tokenizer
-        budget = self.max_positions - max_new_tokens
+        config = (config or GenerationConfig()).replace(**settings)
+        budget = self.max_positions - config.max_new_tokens
         prompts = [tokenizer.encode_dialogue(list(history), max_length=budget) for history in histories]
-        out = self.generate(prompts, max_new_tokens=max_new_tokens, timeout=timeout, **sampling)
+        out = self.generate(prompts, config=config, timeout=timeout)
         return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out.token_lists(self.eos_token_id)]
 
     def reply(self, history: Sequence[str] | str, **sampling) -> str:

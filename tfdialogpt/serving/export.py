@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import shutil
@@ -35,12 +36,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfdialogpt.generation_config import SETTINGS
 from tfdialogpt.serving import signatures as contract
 from tfdialogpt.serving.protos import apis, to_tensor_proto
 
 # make_generate(model, max_new_tokens_cap, jit_compile) -> fn(input_ids, attention_mask,
-# max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed) -> (sequences [B, <=cap],
-# lengths [B]), all arguments tensors.
+# **served settings) -> (sequences [B, <=cap], lengths [B]), all arguments tensors.
 GenerateBuilder = Callable[..., Callable[..., tuple[tf.Tensor, tf.Tensor]]]
 
 
@@ -68,38 +69,51 @@ def _tf_signature(sig: contract.Signature) -> list[tf.TensorSpec]:
     return [tf.TensorSpec(spec.static_shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in sig.inputs]
 
 
+def _named(fn: Callable, names: Sequence[str]) -> Callable:
+    """`fn(*tensors)` with named parameters, so signature inputs carry the contract's names."""
+    fn.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+    )
+    return fn
+
+
 def _default_generate_builder(model, max_new_tokens_cap: int, jit_compile: bool):
-    """The decoding loop of `tfdialogpt.generation` (the function `model.generate` compiles),
-    with the contract's settings mapped onto it: temperature 0 is greedy."""
-    from tfdialogpt.generation import make_generate_fn
+    """The decoding loop of `tfdialogpt.generation` (the function `model.generate` compiles);
+    run-time settings the contract does not serve keep `GenerationConfig`'s defaults."""
+    from tfdialogpt.generation.engine import GENERATE_INPUTS, make_generate_fn
 
     generate_fn = make_generate_fn(model, max_new_tokens=max_new_tokens_cap, jit_compile=jit_compile)
+    fixed = {
+        name: tf.constant(SETTINGS[name].wire_default, dtype)
+        for name, dtype in GENERATE_INPUTS[2:]
+        if name not in contract.PARAMETERS
+    }
 
-    def decode(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
-        do_sample = temperature > 0.0
-        out = generate_fn(
-            input_ids,
-            attention_mask,
-            max_new_tokens,
-            tf.where(do_sample, temperature, 1.0),
-            top_k,
-            top_p,
-            repetition_penalty,
-            seed,
-            tf.constant(0, tf.int32),  # min_new_tokens
-            do_sample,
-            tf.constant(1.0, tf.float32),  # length_penalty (beam search only)
-        )
+    def decode(input_ids, attention_mask, **settings):
+        out = generate_fn(input_ids=input_ids, attention_mask=attention_mask, **settings, **fixed)
         return out["sequences"], out["lengths"]
 
     return decode
 
 
-def _generate_checks(limits: contract.Limits, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty):
+def _range_check(name: str, value, setting, high) -> tf.Operation | None:
+    """An in-graph check of one served setting against `GenerationConfig`'s range."""
+    low, high = setting.low, setting.high if high is None else high
+    if setting.kind is bool or (low is None and high is None):
+        return None
+    ok = tf.math.is_finite(tf.cast(value, tf.float32))
+    if low is not None:
+        ok &= value > low if setting.low_open else value >= low
+    if high is not None:
+        ok &= value < high if setting.high_open else value <= high
+    return tf.debugging.Assert(ok, [f"{name} must be in {setting.range_text(high)}, got", value])
+
+
+def _generate_checks(limits: contract.Limits, input_ids, attention_mask, settings):
     """In-graph request checks, so stock TF Serving also answers INVALID_ARGUMENT with a reason."""
     length = tf.shape(input_ids)[1]
     assert_ = tf.debugging.Assert
-    return [
+    checks = [
         tf.debugging.assert_equal(
             tf.shape(attention_mask), tf.shape(input_ids), message="attention_mask must have input_ids' shape"
         ),
@@ -113,18 +127,17 @@ def _generate_checks(limits: contract.Limits, input_ids, attention_mask, max_new
             ["attention_mask's last column must be 1: prompts must be left-padded"],
         ),
         assert_(
-            (max_new_tokens >= 1) & (max_new_tokens <= limits.max_new_tokens_cap),
-            [f"max_new_tokens must be in [1, {limits.max_new_tokens_cap}], got", max_new_tokens],
+            length + settings["max_new_tokens"] <= limits.max_positions,
+            [f"prompt length + max_new_tokens must be at most {limits.max_positions}, got", length,
+             settings["max_new_tokens"]],
         ),
-        assert_(
-            length + max_new_tokens <= limits.max_positions,
-            [f"prompt length + max_new_tokens must be at most {limits.max_positions}, got", length, max_new_tokens],
-        ),
-        assert_(temperature >= 0.0, ["temperature must be >= 0 (0 is greedy), got", temperature]),
-        assert_((top_k >= 0) & (top_k <= limits.vocab_size), [f"top_k must be in [0, {limits.vocab_size}], got", top_k]),
-        assert_((top_p > 0.0) & (top_p <= 1.0), ["top_p must be in (0, 1], got", top_p]),
-        assert_(repetition_penalty > 0.0, ["repetition_penalty must be > 0, got", repetition_penalty]),
     ]
+    highs = limits.highs()
+    for name, parameter in contract.PARAMETERS.items():
+        check = _range_check(name, settings[name], parameter.setting, highs.get(name))
+        if check is not None:
+            checks.append(check)
+    return checks
 
 
 class ServingModule(tf.Module):
@@ -150,20 +163,18 @@ class ServingModule(tf.Module):
 
     def _generate_function(self, decode):
         limits = self.limits
+        names = contract.GENERATE.input_names
 
-        def generate(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
-            checks = _generate_checks(
-                limits, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty
-            )
-            with tf.control_dependencies(checks):
-                sequences, lengths = decode(
-                    input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed
-                )
+        def generate(*inputs):
+            values = dict(zip(names, inputs, strict=True))
+            input_ids, attention_mask = values.pop("input_ids"), values.pop("attention_mask")
+            with tf.control_dependencies(_generate_checks(limits, input_ids, attention_mask, values)):
+                sequences, lengths = decode(input_ids, attention_mask, **values)
             # Exactly max_new_tokens columns, whatever buffer the decoder kept.
-            sequences = tf.cast(sequences[:, :max_new_tokens], tf.int32)
+            sequences = tf.cast(sequences[:, : values["max_new_tokens"]], tf.int32)
             return {"sequences": sequences, "lengths": tf.cast(lengths, tf.int32)}
 
-        return tf.function(generate, input_signature=_tf_signature(contract.GENERATE))
+        return tf.function(_named(generate, names), input_signature=_tf_signature(contract.GENERATE))
 
     def _score(self, input_ids, attention_mask, target_mask):
         from tfdialogpt.scoring import score_tensors

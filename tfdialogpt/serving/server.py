@@ -367,7 +367,7 @@ def batch_key(servable: Servable, sig: contract.Signature, inputs: Mapping[str, 
     if sig.name not in contract.SIGNATURES:
         return None
     scalars = tuple((name, inputs[name].tobytes()) for name in sig.input_names if inputs[name].ndim == 0 and name != "seed")
-    if sig.name != contract.SCORE_SIGNATURE and float(inputs["temperature"]) != 0.0:
+    if sig.name != contract.SCORE_SIGNATURE and bool(inputs["do_sample"]):
         return None  # sampling: a row's draws depend on the batch shape, so run it alone
     return (servable.version, id(servable), sig.name, inputs["input_ids"].shape[1], scalars)
 

@@ -7,14 +7,15 @@ Defined once here and used by all three sides:
 - `client.py` builds requests from it.
 
 A reply is generated from a left-padded prompt, so every row's history ends at the last
-column, where the reply starts. `temperature == 0` means greedy decoding (argmax); any
-positive temperature samples, with `seed` making the draw reproducible.
+column, where the reply starts. The scalar settings are `GenerationConfig`'s served ones
+(`tfdialogpt.generation_config.SERVED`), with its names, defaults and ranges: `do_sample`
+false decodes greedily (argmax), true samples, with `seed` making the draw reproducible.
 
 This module needs only numpy: a client machine imports it without TensorFlow.
 
 Example:
-    >>> GENERATE.input_names
-    ('input_ids', 'attention_mask', 'max_new_tokens', 'temperature', 'top_k', 'top_p', 'repetition_penalty', 'seed')
+    >>> GENERATE.input_names[:4]
+    ('input_ids', 'attention_mask', 'max_new_tokens', 'do_sample')
     >>> SIGNATURES["score"].output_names
     ('log_probs', 'num_tokens')
 """
@@ -22,11 +23,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from tfdialogpt.generation_config import SERVED, SETTINGS, Setting
+from tfdialogpt.padding import NEW_TOKEN_BUCKETS, PROMPT_BUCKETS, padded_length  # noqa: F401 (the contract's)
 
 # ---- names -----------------------------------------------------------------------------------
 
@@ -47,16 +50,14 @@ METADATA_FORMAT = 1
 
 # Export defaults.
 DEFAULT_MAX_NEW_TOKENS_CAP = 64  # the decoding buffer every generate call preallocates
-# Clients left-pad prompts to one of these lengths (those of `tfdialogpt.generation.buckets`),
+# Clients left-pad prompts to one of `tfdialogpt.padding`'s buckets, as `model.generate` does,
 # so the XLA signature compiles once per bucket and answers equal in-process `generate`.
-PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024)
-NEW_TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_WARMUP_PROMPT_LENGTHS = PROMPT_BUCKETS  # one warmup record per bucket that fits
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many
 
 # TensorFlow's DataType enum values (tensorflow/core/framework/types.proto) for the dtypes used.
-DTYPE_ENUMS = {"float32": 1, "int32": 3, "int64": 9}
-DTYPE_NAMES = {1: "DT_FLOAT", 3: "DT_INT32", 9: "DT_INT64"}
+DTYPE_ENUMS = {"float32": 1, "int32": 3, "int64": 9, "bool": 10}
+DTYPE_NAMES = {1: "DT_FLOAT", 3: "DT_INT32", 9: "DT_INT64", 10: "DT_BOOL"}
 # TensorFlow's names of the numpy dtypes a request may carry, for error messages.
 _TF_NAME_OF_NUMPY = {
     "float16": "DT_HALF", "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "bool": "DT_BOOL",
@@ -117,44 +118,26 @@ class TensorSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Parameter:
-    """A scalar input with a default and an allowed range (`low`/`high` inclusive unless open)."""
+    """A scalar input of the generate signatures: one `GenerationConfig` setting on the wire."""
 
     spec: TensorSpec
-    default: float | int
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
+    setting: Setting
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def default(self) -> float | int | bool:
+        """What the client sends when the caller gives nothing (a signature has no None)."""
+        return self.setting.wire_default
+
     def range_text(self, high: float | None = None) -> str:
-        high = self.high if high is None else high
-        left = "(" if self.low_open else "["
-        right = ")" if self.high_open else "]"
-        low_text = "-inf" if self.low is None else _number(self.low)
-        high_text = "inf" if high is None else _number(high)
-        return f"{left}{low_text}, {high_text}{right}"
+        return self.setting.range_text(high)
 
-    def check(self, value: float | int, high: float | None = None) -> None:
+    def check(self, value: float | int | bool, high: float | None = None) -> None:
         """Raises `ContractError` if `value` is outside the range (`high` overrides the cap)."""
-        high = self.high if high is None else high
-        bad = not math.isfinite(float(value))
-        if self.low is not None:
-            bad |= value <= self.low if self.low_open else value < self.low
-        if high is not None:
-            bad |= value >= high if self.high_open else value > high
-        if bad:
-            raise ContractError(
-                f"{self.name}={_number(value)} is out of range; expected a value in "
-                f"{self.range_text(high)} ({self.spec.doc})"
-            )
-
-
-def _number(value: float | int) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+        self.setting.check(value, high, error=ContractError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,30 +178,12 @@ _PROMPT = (
     TensorSpec("attention_mask", "int32", ("batch", "length"), "1 for prompt tokens, 0 for left padding"),
 )
 
+_WIRE_DTYPES = {int: "int32", float: "float32", bool: "bool"}
+# The served settings, in `GenerationConfig`'s order; `max_new_tokens`' upper end is the
+# export's cap, read from its metadata (`Limits.max_new_tokens_cap`).
 PARAMETERS: dict[str, Parameter] = {
-    p.name: p
-    for p in (
-        # high is the export's cap, read from its metadata (`Limits.max_new_tokens_cap`).
-        Parameter(TensorSpec("max_new_tokens", "int32", (), "tokens to generate at most"), 32, low=1),
-        Parameter(
-            TensorSpec("temperature", "float32", (), "0 decodes greedily; > 0 samples"), 0.0, low=0.0
-        ),
-        Parameter(TensorSpec("top_k", "int32", (), "keep the k most likely tokens; 0 keeps all"), 0, low=0),
-        Parameter(
-            TensorSpec("top_p", "float32", (), "nucleus sampling mass; 1 keeps all"),
-            1.0,
-            low=0.0,
-            high=1.0,
-            low_open=True,
-        ),
-        Parameter(
-            TensorSpec("repetition_penalty", "float32", (), "HF's repetition penalty; 1 is off"),
-            1.0,
-            low=0.0,
-            low_open=True,
-        ),
-        Parameter(TensorSpec("seed", "int32", (), "seed of the stateless sampler"), 0, low=0),
-    )
+    name: Parameter(TensorSpec(name, _WIRE_DTYPES[SETTINGS[name].kind], (), SETTINGS[name].doc), SETTINGS[name])
+    for name in SERVED
 }
 
 _GENERATE_OUTPUTS = (
@@ -277,22 +242,6 @@ def signature(name: str) -> Signature:
     return SIGNATURES[name]
 
 
-def _round_up(length: int, buckets: tuple[int, ...]) -> int:
-    return next((size for size in buckets if size >= length), length)
-
-
-def padded_length(length: int, max_new_tokens: int, max_positions: int) -> int:
-    """The prompt width a client left-pads `length` tokens to: the smallest bucket, clipped
-    so that the bucketed new tokens still fit the positions (as `model.generate` pads).
-
-    Example:
-        >>> padded_length(20, 32, 1024), padded_length(1000, 20, 1024)
-        (32, 1000)
-    """
-    new = min(_round_up(max_new_tokens, NEW_TOKEN_BUCKETS), max_positions - length)
-    return max(length, min(_round_up(length, PROMPT_BUCKETS), max_positions - new))
-
-
 # ---- limits of one export --------------------------------------------------------------------
 
 
@@ -306,6 +255,10 @@ class Limits:
     pad_token_id: int
     max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP
     warmup_prompt_lengths: tuple[int, ...] = DEFAULT_WARMUP_PROMPT_LENGTHS
+
+    def highs(self) -> dict[str, int]:
+        """The upper ends this export puts on settings whose range is open above."""
+        return {"max_new_tokens": self.max_new_tokens_cap, "top_k": self.vocab_size}
 
     def to_json_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -409,12 +362,9 @@ def _check_generate_values(inputs: Mapping[str, np.ndarray], limits: Limits) -> 
             f"attention_mask[{right_padded[0]}, -1] is 0: prompts must be left-padded, the reply "
             "starts after the last column"
         )
+    highs = limits.highs()
     for name, parameter in PARAMETERS.items():
-        high = limits.max_new_tokens_cap if name == "max_new_tokens" else None
-        parameter.check(inputs[name].item(), high)
-    top_k = int(inputs["top_k"])
-    if top_k > limits.vocab_size:
-        raise ContractError(f"top_k={top_k} is out of range; expected a value in [0, {limits.vocab_size}] (the vocabulary size)")
+        parameter.check(inputs[name].item(), highs.get(name))
     length, new = mask.shape[1], int(inputs["max_new_tokens"])
     if length + new > limits.max_positions:
         raise ContractError(
