@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -310,3 +313,210 @@ def test_every_format_reads_the_same_tensors(tiny_reference):
         assert tensors.keys() == first.keys(), fmt
         for k in first:
             np.testing.assert_array_equal(tensors[k], first[k])
+
+
+# ---- non-finite weights are refused, naming the tensor and its file ---------------------------------
+
+
+def env_with_this_tree(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess that imports this checkout's tfdialogpt."""
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    return env
+
+
+def poison(directory, fmt, raw_name, values):
+    """Writes `values` (NaN/Inf) at the start of the tensor `raw_name` in place; returns the file
+    holding it (the shard, for a sharded checkpoint)."""
+    from safetensors.numpy import load_file, save_file
+
+    if fmt == "tf_h5":
+        path = directory / "tf_model.h5"
+        with h5py.File(path, "r+") as f:
+            names = []
+            f.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) and raw_name in n else None)
+            (name,) = names
+            data = f[name][()]
+            data.reshape(-1)[: len(values)] = values
+            f[name][...] = data
+        return path
+    if fmt == "pt_sharded":
+        index = json.loads((directory / "model.safetensors.index.json").read_text())
+        path = directory / index["weight_map"][raw_name]
+    else:
+        path = directory / "model.safetensors"
+    tensors = load_file(path)
+    tensors[raw_name].reshape(-1)[: len(values)] = values
+    save_file(tensors, path, metadata={"format": "pt"})
+    return path
+
+
+@pytest.mark.parametrize(
+    "fmt, raw_name, values, canonical, count",
+    [
+        ("tf_h5", "wte/embeddings", [np.nan] * 3, "wte.weight", "3 non-finite values"),
+        ("pt_safetensors", "transformer.h.1.attn.c_attn.bias", [np.inf], "h.1.attn.c_attn.bias", "1 non-finite value"),
+        ("pt_sharded", "transformer.h.0.mlp.c_fc.weight", [-np.inf, np.nan], "h.0.mlp.c_fc.weight",
+         "2 non-finite values"),
+    ],
+)
+def test_non_finite_tensor_is_refused(tiny_reference, tmp_path, fmt, raw_name, values, canonical, count):
+    d = tmp_path / fmt
+    shutil.copytree(tiny_reference.path(fmt), d)
+    holder = poison(d, fmt, raw_name, values)
+    expected = f"`{canonical}`: {count} (NaN/Inf) in {holder}"
+    with pytest.raises(CheckpointError, match=re.escape(expected) + "$"):
+        DialoGPT.from_pretrained(d)
+
+
+def test_every_non_finite_tensor_is_listed(tf_dir):
+    poison(tf_dir, "tf_h5", "ln_f/gamma", [np.inf, -np.inf])
+    poison(tf_dir, "tf_h5", "h_._1/attn/c_proj/weight", [np.nan])
+    path = tf_dir / "tf_model.h5"
+    expected = (f"`h.1.attn.c_proj.weight`: 1 non-finite value (NaN/Inf) in {path}; "
+                f"`ln_f.weight`: 2 non-finite values (NaN/Inf) in {path}")
+    with pytest.raises(CheckpointError, match=re.escape(expected) + "$"):
+        DialoGPT.from_pretrained(tf_dir)
+
+
+def test_non_finite_count_is_exact_across_slices():
+    """The check reads big tensors in slices: values at both sides of a slice boundary count."""
+    from tfdialogpt import DialoGPTConfig
+    from tfdialogpt.checkpoint import check_weights
+
+    config = DialoGPTConfig(vocab_size=70_000, max_positions=8, hidden_size=32, num_layers=1, num_heads=2)
+    tensors = {name: np.zeros(shape, np.float32) for name, shape in expected_shapes(config).items()}
+    wte = tensors["wte.weight"].reshape(-1)  # 2,240,000 values: more than two slices of 2**20
+    for position in (0, 2**20 - 1, 2**20, 2**21 + 5, wte.size - 1):
+        wte[position] = np.nan
+    tensors["h.0.ln_1.bias"] = tensors["h.0.ln_1.bias"].astype(np.float16)
+    tensors["h.0.ln_1.bias"][-1] = np.inf
+    with pytest.raises(CheckpointError, match=r"^`h\.0\.ln_1\.bias`: 1 non-finite value \(NaN/Inf\) in mem; "
+                                              r"`wte\.weight`: 5 non-finite values \(NaN/Inf\) in mem$"):
+        check_weights(tensors, config, "mem")
+    tensors["h.0.ln_1.bias"][-1] = 65504  # float16's largest finite value
+    wte[:] = 0
+    assert check_weights(tensors, config, "mem").keys() == tensors.keys()
+
+
+def test_cli_info_check_refuses_non_finite_weights(tf_dir):
+    path = poison(tf_dir, "tf_h5", "wte/embeddings", [np.nan, np.inf, np.nan])
+    run = subprocess.run([sys.executable, "-m", "tfdialogpt", "info", "--model", str(tf_dir), "--check"],
+                         env=env_with_this_tree(TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if line.startswith("tfdialogpt")]
+    assert lines == [f"tfdialogpt info: error: `wte.weight`: 3 non-finite values (NaN/Inf) in {path}"], run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+
+
+# ---- hub resolution: one meaning of local_files_only ------------------------------------------------
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """HF_HUB_OFFLINE unset, as most users have it; a connection attempt fails, so a test
+    that should not need the network cannot reach it."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+
+
+def _no_network(*args, **kwargs):
+    raise OSError("network access in a test that should not need it")
+
+
+@pytest.fixture
+def offline_env(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 with an empty default hub cache under tmp_path; returns the cache."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "default-hub-cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_local_files_only_with_an_empty_cache(tmp_path, online):
+    cache = tmp_path / "hub"
+    expected = (f"could not find config.json for 'microsoft/DialoGPT-small' in the local hub cache {cache} "
+                "(offline mode: local_files_only=True)")
+    with pytest.raises(CheckpointError, match=re.escape(expected) + "$"):
+        DialoGPT.from_pretrained("microsoft/DialoGPT-small", cache_dir=cache, local_files_only=True)
+    with pytest.raises(CheckpointError, match=re.escape(expected) + "$"):
+        load_config("microsoft/DialoGPT-small", cache_dir=cache, local_files_only=True)
+
+
+@pytest.mark.parametrize("local_files_only", [False, True])
+def test_hf_hub_offline_with_an_empty_cache(offline_env, local_files_only):
+    """HF_HUB_OFFLINE=1 makes the default `local_files_only=False` read the cache only."""
+    reason = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE is set"
+    expected = (f"could not find config.json for 'microsoft/DialoGPT-small' at revision 'v1' in the local hub "
+                f"cache {offline_env} (offline mode: {reason})")
+    with pytest.raises(CheckpointError, match=re.escape(expected) + "$"):
+        load_config("microsoft/DialoGPT-small", revision="v1", local_files_only=local_files_only)
+
+
+def test_local_files_only_reads_a_filled_cache(tiny_reference, tmp_path, online):
+    cache = tmp_path / "hub"
+    src = tiny_reference.path("pt_sharded")
+    fill_hub_cache(cache, "someone/tiny", [src / f for f in os.listdir(src)])
+    config = load_config("someone/tiny", cache_dir=cache, local_files_only=True)
+    assert (config.num_layers, config.hidden_size, config.vocab_size) == (2, 32, 211)
+    model = DialoGPT.from_pretrained("someone/tiny", cache_dir=cache, local_files_only=True)
+    np.testing.assert_array_equal(model.wte.embeddings.numpy(), tiny_reference.pt.transformer.wte.weight.detach())
+    snapshot = next((cache / "models--someone--tiny" / "snapshots").iterdir())
+    os.remove(snapshot / "model-00003-of-00008.safetensors")
+    with pytest.raises(CheckpointError, match=r"could not find shard model-00003-of-00008\.safetensors of "
+                                              r"model\.safetensors\.index\.json for 'someone/tiny' in the local hub"):
+        DialoGPT.from_pretrained("someone/tiny", cache_dir=cache, local_files_only=True)
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        ("unreachable", r"^cannot fetch config\.json for 'microsoft/DialoGPT-small' on the hub: the hub is "
+                        r"unreachable and the file is not in the local cache \(no connection\)$"),
+        ("no repository", r"^no repository 'microsoft/DialoGPT-small' on the hub \(or it is private or gated and "
+                          r"no valid token was given\): 401 Client Error$"),
+        ("no revision", r"^no such revision: 'microsoft/DialoGPT-small' on the hub \(404 Client Error\)$"),
+    ],
+)
+def test_hub_errors_are_checkpoint_errors(monkeypatch, tmp_path, online, error, expected):
+    import huggingface_hub
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    raised = {
+        "unreachable": LocalEntryNotFoundError("no connection"),
+        "no repository": RepositoryNotFoundError("401 Client Error\n\nRepository Not Found for url: ..."),
+        "no revision": RevisionNotFoundError("404 Client Error\n\nRevision Not Found for url: ..."),
+    }[error]
+
+    def download(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(CheckpointError, match=expected):
+        DialoGPT.from_pretrained("microsoft/DialoGPT-small", cache_dir=tmp_path)
+
+
+def test_invalid_hub_id_and_local_files_only(tmp_path, online):
+    with pytest.raises(CheckpointError, match=r"^'not a repo' is neither a local directory nor a valid hub id: "):
+        load_config("not a repo", cache_dir=tmp_path, local_files_only=True)
+    with pytest.raises(TypeError, match="local_files_only must be True or False, got 'yes'"):
+        load_config("microsoft/DialoGPT-small", cache_dir=tmp_path, local_files_only="yes")
+
+
+def test_hub_module_loads_neither_tensorflow_nor_huggingface_hub():
+    program = ("import sys, tfdialogpt.hub; "
+               "loaded = [m for m in ('tensorflow', 'keras', 'huggingface_hub') if m in sys.modules]; "
+               "assert not loaded, loaded")
+    run = subprocess.run([sys.executable, "-c", program], env=env_with_this_tree(), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -12,7 +12,9 @@ import importlib.util
 import json
 import os
 import random
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -593,3 +595,69 @@ def test_unreachable_hub_is_reported(tmp_path, monkeypatch):
         Tokenizer.from_pretrained(
             "microsoft/DialoGPT-small", cache_dir=tmp_path, local_files_only=False
         )
+
+
+# One meaning of `local_files_only` (tfdialogpt.hub), the same as for checkpoints.
+
+
+@pytest.fixture
+def hub_online(monkeypatch):
+    """HF_HUB_OFFLINE unset, as most users have it; a connection attempt fails, so a test
+    that should not need the network cannot reach it."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+
+
+def _no_network(*args, **kwargs):
+    raise OSError("network access in a test that should not need it")
+
+
+def test_local_files_only_with_an_empty_cache(tmp_path, hub_online):
+    expected = (
+        f"hub repository 'microsoft/DialoGPT-small' in the local hub cache {tmp_path} "
+        "(offline mode: local_files_only=True) has neither vocab.json + merges.txt nor tokenizer.json"
+    )
+    with pytest.raises(TokenizerError, match=re.escape(expected) + "$"):
+        Tokenizer.from_pretrained("microsoft/DialoGPT-small", cache_dir=tmp_path, local_files_only=True)
+
+
+def test_hf_hub_offline_overrides_the_default_local_files_only(tmp_path, monkeypatch):
+    """With HF_HUB_OFFLINE=1, `local_files_only=False` (the default) reads the cache only: a
+    missing repository is reported as not cached, not as an unreachable hub."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "default-cache"))
+    expected = (
+        f"hub repository 'microsoft/DialoGPT-small' in the local hub cache {tmp_path / 'default-cache'} "
+        "(offline mode: HF_HUB_OFFLINE is set) has neither vocab.json + merges.txt nor tokenizer.json"
+    )
+    for kwargs in ({}, {"local_files_only": False}):
+        with pytest.raises(TokenizerError, match=re.escape(expected) + "$"):
+            Tokenizer.from_pretrained("microsoft/DialoGPT-small", **kwargs)
+
+
+def test_local_files_only_reads_a_filled_cache(gpt2_dir, tmp_path, hub_online):
+    cache = _fake_hub_cache(tmp_path, gpt2_dir, "someone/gpt2-json", ["vocab.json", "merges.txt"])
+    loaded = Tokenizer.from_pretrained("someone/gpt2-json", cache_dir=cache, local_files_only=True)
+    assert loaded.encode("Hello world") == [15496, 995]
+
+
+def test_unknown_repository_is_reported(tmp_path, monkeypatch, hub_online):
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def not_found(*args, **kwargs):
+        raise RepositoryNotFoundError("401 Client Error\n\nRepository Not Found for url: ...")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", not_found)
+    expected = (
+        "no repository 'someone/private' on the hub (or it is private or gated and no valid token "
+        "was given): 401 Client Error"
+    )
+    with pytest.raises(TokenizerError, match="^" + re.escape(expected) + "$"):
+        Tokenizer.from_pretrained("someone/private", cache_dir=tmp_path)

@@ -10,7 +10,8 @@ Formats read (plain or sharded with their `*.index.json`):
 Every tensor name is reduced to one canonical spelling (PyTorch's, without the `transformer.`
 prefix: `h.0.attn.c_attn.weight`, `wte.weight`, `ln_f.bias`), checked against the names and
 shapes the config implies, and only then assigned. A missing, unexpected or mis-shaped
-tensor raises one `CheckpointError` that lists them all; a model is never half loaded.
+tensor raises one `CheckpointError` that lists them all, and so does a tensor holding NaN or
+Inf; a model is never half loaded. Hub ids are resolved by `tfdialogpt.hub`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tfdialogpt import quantization
+from tfdialogpt import hub, quantization
 from tfdialogpt.config import DEFAULT_MODEL_DIR, ConfigError, DialoGPTConfig
 
 SAFETENSORS_NAME = "model.safetensors"
@@ -40,6 +41,8 @@ _HF_TF_SCOPE = "tfgpt2lm_head_model/transformer"
 # Buffers some PyTorch checkpoints carry: not weights.
 _IGNORED = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _MAX_LISTED = 10
+# Elements per slice of the NaN/Inf check (a 1 MB boolean mask at a time).
+_FINITE_SLICE = 1 << 20
 
 
 class CheckpointError(ValueError):
@@ -157,15 +160,23 @@ def _read_any(path: Path) -> dict[str, np.ndarray]:
     return read_safetensors(path) if path.suffix == ".safetensors" else read_h5(path)
 
 
+def _weight_map(index: Path) -> dict[str, str]:
+    """Tensor name -> shard file, from a `*.index.json`."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError(f"weight_map is a {type(weight_map).__name__}, expected an object")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"cannot read shard index {index}: {err}") from None
+    return weight_map
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a weights file, or every shard listed by a `*.index.json`, into canonical names."""
     path = Path(path)
     if not path.name.endswith(".index.json"):
         return _read_any(path)
-    try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"cannot read shard index {path}: {err}") from None
+    weight_map = _weight_map(path)
     tensors: dict[str, np.ndarray] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = path.parent / shard
@@ -184,15 +195,45 @@ def _listing(names: Iterable[str]) -> str:
     return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
 
 
-def check_weights(tensors: dict[str, np.ndarray], config: DialoGPTConfig, source: str) -> dict[str, np.ndarray]:
-    """Validates names and shapes against the config; returns tensors ready to assign.
+def _non_finite_count(value: np.ndarray) -> int:
+    """How many NaN/Inf values `value` holds, checked in slices: the only temporary is a
+    1 MB mask, not one the size of the tensor (38 MB for DialoGPT-small's `wte`)."""
+    if value.dtype.kind not in "fc":
+        return 0
+    flat = value.reshape(-1)  # a view: readers return contiguous arrays
+    return sum(
+        int(part.size - np.count_nonzero(np.isfinite(part)))
+        for part in (flat[start:start + _FINITE_SLICE] for start in range(0, flat.size, _FINITE_SLICE))
+    )
 
-    TF checkpoints store biases as (1, n): they are flattened. An `lm_head.weight` must equal
-    `wte.weight` (GPT-2 ties them).
+
+def _file_holding(source: str, name: str) -> str:
+    """The file of `source` holding the canonical tensor `name`: its shard for an index."""
+    if source.endswith(".index.json") and os.path.isfile(source):
+        for raw_name, shard in _weight_map(Path(source)).items():
+            if canonical_name(raw_name) == name:
+                return str(Path(source).parent / shard)
+    return source
+
+
+def check_weights(tensors: dict[str, np.ndarray], config: DialoGPTConfig, source: str) -> dict[str, np.ndarray]:
+    """Validates names, shapes and values against the config; returns tensors ready to assign.
+
+    TF checkpoints store biases as (1, n): they are flattened. Every value must be finite (a
+    NaN or Inf weight makes every output NaN). An `lm_head.weight` must equal `wte.weight`
+    (GPT-2 ties them).
     """
     expected = expected_shapes(config)
     tensors = {k: v for k, v in tensors.items() if not _IGNORED.match(k)}
     lm_head = tensors.pop("lm_head.weight", None)
+
+    def mismatch(problems: list[str]) -> CheckpointError:
+        return CheckpointError(
+            f"checkpoint {source} does not match its config ({config.num_layers} layers, "
+            f"hidden {config.hidden_size}, vocab {config.vocab_size}; expected {len(expected)} "
+            f"tensors, found {len(tensors)}): " + " | ".join(problems)
+        )
+
     problems = []
     missing = expected.keys() - tensors.keys()
     unexpected = tensors.keys() - expected.keys()
@@ -210,14 +251,17 @@ def check_weights(tensors: dict[str, np.ndarray], config: DialoGPTConfig, source
         ready[name] = value
     if misshaped:
         problems.append("wrong shape: " + "; ".join(sorted(misshaped)[:_MAX_LISTED]))
-    if lm_head is not None and not problems and not np.array_equal(lm_head, ready["wte.weight"]):
-        problems.append("`lm_head.weight` differs from `wte.weight`; only a tied LM head is supported")
     if problems:
-        raise CheckpointError(
-            f"checkpoint {source} does not match its config ({config.num_layers} layers, "
-            f"hidden {config.hidden_size}, vocab {config.vocab_size}; expected {len(expected)} "
-            f"tensors, found {len(tensors)}): " + " | ".join(problems)
-        )
+        raise mismatch(problems)
+    checked = {**ready, "lm_head.weight": lm_head} if lm_head is not None else ready
+    non_finite = {name: n for name in sorted(checked) if (n := _non_finite_count(checked[name]))}
+    if non_finite:
+        shown = [f"`{name}`: {n} non-finite value{'s' if n > 1 else ''} (NaN/Inf) in {_file_holding(source, name)}"
+                 for name, n in list(non_finite.items())[:_MAX_LISTED]]
+        more = len(non_finite) - len(shown)
+        raise CheckpointError("; ".join(shown) + (f"; and {more} more tensors" if more else ""))
+    if lm_head is not None and not np.array_equal(lm_head, ready["wte.weight"]):
+        raise mismatch(["`lm_head.weight` differs from `wte.weight`; only a tied LM head is supported"])
     return ready
 
 
@@ -238,19 +282,6 @@ def _weights_in_dir(directory: Path) -> Path:
         if (directory / filename).is_file():
             return directory / filename
     raise CheckpointError(f"no checkpoint in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
-
-
-def _hub_download(repo_id: str, filename: str, **hub_kwargs) -> Path | None:
-    """One file from the hub (or its cache); None when the repo does not have it."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    try:
-        return Path(hf_hub_download(repo_id, filename, **hub_kwargs))
-    except EntryNotFoundError:
-        return None
-    except LocalEntryNotFoundError:
-        return None
 
 
 def _local_directory(name_or_path: str | os.PathLike) -> Path | None:
@@ -278,25 +309,28 @@ def resolve(name_or_path: str | os.PathLike, cache_dir=None, revision=None, toke
             local_files_only=False) -> tuple[Path, Path]:
     """Finds (config.json, weights file or index) for a directory, `"default"` or a hub id.
 
-    Hub ids go through `huggingface_hub`: downloads show its progress bar, land in its cache
-    (`cache_dir` or HF_HUB_CACHE) and `HF_HUB_OFFLINE=1` is honoured.
+    Hub ids go through `tfdialogpt.hub` (huggingface_hub): downloads show its progress bar and
+    land in its cache (`cache_dir` or HF_HUB_CACHE); `local_files_only=True` or
+    `HF_HUB_OFFLINE=1` reads that cache only.
     """
     directory = _local_directory(name_or_path)
     if directory is None:
-        return _resolve_hub(str(name_or_path), cache_dir=cache_dir, revision=revision, token=token,
-                            local_files_only=local_files_only)
+        return _resolve_hub(hub.HubRepo(str(name_or_path), cache_dir=cache_dir, revision=revision, token=token,
+                                        local_files_only=local_files_only))
     return _config_in_dir(directory), _weights_in_dir(directory)
 
 
 def load_config(name_or_path: str | os.PathLike, cache_dir=None, revision=None, token=None,
                 local_files_only=False) -> DialoGPTConfig:
     """The config alone of a directory, `"default"` or a hub id (no weights read or fetched):
-    what a client of a served model needs (its positions and EOS id)."""
+    what a client of a served model needs (its positions and EOS id). Hub arguments as in
+    `resolve`."""
     directory = _local_directory(name_or_path)
     if directory is not None:
         return _read_config(_config_in_dir(directory))
-    path, _ = _resolve_hub(str(name_or_path), config_only=True, cache_dir=cache_dir, revision=revision,
-                           token=token, local_files_only=local_files_only)
+    repo = hub.HubRepo(str(name_or_path), cache_dir=cache_dir, revision=revision, token=token,
+                       local_files_only=local_files_only)
+    path, _ = _resolve_hub(repo, config_only=True)
     return _read_config(path)
 
 
@@ -307,30 +341,25 @@ def _read_config(path: Path) -> DialoGPTConfig:
         raise CheckpointError(f"bad {path}: {err}") from None
 
 
-def _resolve_hub(repo_id: str, config_only: bool = False, **hub_kwargs) -> tuple[Path, Path | None]:
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-
-    offline = constants.HF_HUB_OFFLINE or hub_kwargs.get("local_files_only")
-    where = "in the local hub cache (offline mode)" if offline else "on the hub"
+def _resolve_hub(repo: hub.HubRepo, config_only: bool = False) -> tuple[Path, Path | None]:
     try:
-        config_path = _hub_download(repo_id, CONFIG_NAME, **hub_kwargs)
+        config_path = repo.download(CONFIG_NAME)
         if config_path is None:
-            raise CheckpointError(f"could not find {CONFIG_NAME} for {repo_id!r} {where}")
+            raise repo.not_found(CONFIG_NAME)
         if config_only:
             return config_path, None
         for filename in WEIGHT_FILES:
-            weights = _hub_download(repo_id, filename, **hub_kwargs)
+            weights = repo.download(filename)
             if weights is None:
                 continue
             if filename.endswith(".index.json"):
-                for shard in sorted(set(json.loads(weights.read_text())["weight_map"].values())):
-                    if _hub_download(repo_id, shard, **hub_kwargs) is None:
-                        raise CheckpointError(f"shard {shard} of {repo_id!r} is not available {where}")
+                for shard in sorted(set(_weight_map(weights).values())):
+                    if repo.download(shard) is None:
+                        raise repo.not_found(f"shard {shard} of {filename}")
             return config_path, weights
-    except (HFValidationError, HfHubHTTPError) as err:
-        raise CheckpointError(f"cannot load {repo_id!r} from the hub: {err}") from None
-    raise CheckpointError(f"no checkpoint for {repo_id!r} {where}: expected one of {', '.join(WEIGHT_FILES)}")
+    except hub.HubError as err:
+        raise CheckpointError(str(err)) from None
+    raise CheckpointError(f"no checkpoint for {repo.describe()}: expected one of {', '.join(WEIGHT_FILES)}")
 
 
 # ---- loading and saving ----------------------------------------------------------------------------
@@ -344,10 +373,12 @@ def load_pretrained(model_cls, name_or_path, *, config: DialoGPTConfig | None = 
     Args:
         name_or_path: a directory (config.json + weights), a hub id, or "default".
         config: overrides the checkpoint's config.json (must still match the weights).
-        cache_dir, revision, token, local_files_only: passed to `huggingface_hub`.
+        cache_dir, revision, token, local_files_only: for a hub id (`tfdialogpt.hub`):
+            `local_files_only=True`, or `HF_HUB_OFFLINE=1`, reads the local hub cache only.
         quantize: `"int8"` quantizes the loaded model for inference (`DialoGPT.quantize`).
     Raises:
-        CheckpointError: no checkpoint, unreadable file, or weights that do not match.
+        CheckpointError: no checkpoint, an unreachable hub, an unreadable file, or weights
+            that do not match the config or hold NaN/Inf values.
         ValueError: an unsupported `quantize` mode (checked before anything is read).
     """
     if quantize is not None:
@@ -418,5 +449,7 @@ def resolve_file(name_or_path: str | os.PathLike, filename: str, **hub_kwargs) -
     if directory is not None:
         path = directory / filename
         return path if path.is_file() else None
-    hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
-    return _hub_download(str(name_or_path), filename, **hub_kwargs)
+    try:
+        return hub.HubRepo(str(name_or_path), **hub_kwargs).download(filename)
+    except hub.HubError as err:
+        raise CheckpointError(str(err)) from None

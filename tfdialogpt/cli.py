@@ -51,7 +51,7 @@ def cmd_info(args) -> int:
         from tfdialogpt import DialoGPT
 
         DialoGPT.from_pretrained(args.model)
-        info["loaded"] = "every tensor present and shaped as the config says"
+        info["loaded"] = "every tensor present, shaped as the config says and finite"
     print(json.dumps(info, indent=2))
     return 0
 
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         tfdialogpt info --model ./my-checkpoint --check
     """, cmd_info)
     p.add_argument("--model", default="default", help="directory, hub id, or 'default' (embedded model)")
-    p.add_argument("--check", action="store_true", help="also load every tensor strictly")
+    p.add_argument("--check", action="store_true", help="also load every tensor strictly (names, shapes, no NaN/Inf)")
 
     p = _add_command(subparsers, "init", "Write a randomly initialised model of a DialoGPT shape.", """
         tfdialogpt init --preset small --output ./dialogpt-small-random

@@ -29,7 +29,7 @@ import numpy as np
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 
-from tfdialogpt import padding
+from tfdialogpt import hub, padding
 from tfdialogpt.config import DEFAULT_MODEL_DIR
 
 ENDOFTEXT = "<|endoftext|>"
@@ -137,29 +137,30 @@ class Tokenizer:
         path_or_hub_id: str | os.PathLike,
         cache_dir: str | os.PathLike | None = None,
         revision: str | None = None,
-        local_files_only: bool | None = None,
+        local_files_only: bool = False,
         eos_token: str = ENDOFTEXT,
     ) -> Tokenizer:
         """Load from a local directory or a Hugging Face hub repository.
 
         A directory is read as it is: `vocab.json` + `merges.txt` if present, else
         `tokenizer.json`. Anything else is taken as a hub id and resolved with
-        `huggingface_hub.hf_hub_download`, which uses the local hub cache and honours
-        `HF_HUB_OFFLINE`.
+        `tfdialogpt.hub` (`huggingface_hub.hf_hub_download`), which uses the local hub
+        cache and honours `HF_HUB_OFFLINE`.
 
         Args:
             path_or_hub_id: a directory, or a hub id like `"microsoft/DialoGPT-small"`.
             cache_dir: hub cache directory; defaults to huggingface_hub's.
             revision: hub branch, tag or commit; defaults to `main`.
-            local_files_only: only use the hub cache; defaults to `HF_HUB_OFFLINE`.
+            local_files_only: `True` reads the local hub cache only; `False` (the default)
+                uses the hub unless `HF_HUB_OFFLINE` is set (as in `tfdialogpt.hub`).
             eos_token: the end-of-text token.
 
         Returns:
             The tokenizer.
 
         Raises:
-            TokenizerError: the directory or repository lacks tokenizer files, or the id is
-                neither a directory nor a valid hub id.
+            TokenizerError: the directory or repository lacks tokenizer files, the id is
+                neither a directory nor a valid hub id, or the hub cannot be reached.
 
         Example:
             >>> Tokenizer.from_pretrained("microsoft/DialoGPT-small").eos_token_id
@@ -190,57 +191,25 @@ class Tokenizer:
         repo_id: str,
         cache_dir: str | os.PathLike | None,
         revision: str | None,
-        local_files_only: bool | None,
+        local_files_only: bool,
         eos_token: str,
     ) -> Tokenizer:
-        from huggingface_hub import constants, hf_hub_download
-        from huggingface_hub.errors import (
-            EntryNotFoundError,
-            HFValidationError,
-            LocalEntryNotFoundError,
+        repo = hub.HubRepo(
+            repo_id, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only
         )
-
-        if local_files_only is None:
-            # Read at call time so that changing the setting after import takes effect.
-            local_files_only = constants.HF_HUB_OFFLINE
-        where = f"hub repository {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
-        if local_files_only:
-            where += " (offline: looked in the local hub cache only)"
-
-        def download(filename: str) -> str | None:
-            try:
-                return hf_hub_download(
-                    repo_id,
-                    filename,
-                    cache_dir=cache_dir,
-                    revision=revision,
-                    local_files_only=local_files_only,
-                )
-            except HFValidationError as error:
-                raise TokenizerError(
-                    f"{repo_id!r} is neither a local directory nor a valid hub id: {error}"
-                ) from error
-            except LocalEntryNotFoundError as error:
-                if local_files_only:
-                    return None  # not in the cache; the caller tries the other files
-                raise TokenizerError(
-                    f"cannot fetch {filename} from {where}: the hub is unreachable and the "
-                    f"file is not in the local cache ({error})"
-                ) from error
-            except EntryNotFoundError:  # the repository has no such file
-                return None
-            except Exception as error:  # network, auth, unknown repository or revision
-                raise TokenizerError(f"cannot fetch {filename} from {where}: {error}") from error
-
-        vocab = download(VOCAB_FILE)
-        merges = download(MERGES_FILE) if vocab else None
-        if vocab and merges:
-            return cls.from_files(vocab, merges, eos_token)
-        tokenizer_json = download(TOKENIZER_FILE)
+        try:
+            vocab = repo.download(VOCAB_FILE)
+            merges = repo.download(MERGES_FILE) if vocab else None
+            if vocab and merges:
+                return cls.from_files(vocab, merges, eos_token)
+            tokenizer_json = repo.download(TOKENIZER_FILE)
+        except hub.HubError as error:
+            raise TokenizerError(str(error)) from None
         if tokenizer_json:
             return cls._from_tokenizer_json(tokenizer_json, eos_token)
         raise TokenizerError(
-            f"{where} has neither {VOCAB_FILE} + {MERGES_FILE} nor {TOKENIZER_FILE}"
+            f"hub repository {repo.describe()} has neither {VOCAB_FILE} + {MERGES_FILE} "
+            f"nor {TOKENIZER_FILE}"
         )
 
     def save_pretrained(self, directory: str | os.PathLike) -> list[Path]:
