@@ -1,20 +1,21 @@
 # Two commands do all the set-up on a fresh machine (see README.md):
 #   make demo   - creates .venv, installs tfdialogpt, runs the main job
-#   make test   - creates .venv with the test extra, runs ruff and the whole test suite
+#   make test   - creates .venv with the test extra, runs ruff (lint + format check) and the whole test suite
+#   make test-fast - the inner loop: lint, and the tests on tiny configs only (not the `slow` ones)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench-generate bench-train bench-serve clean
+.PHONY: demo test test-fast format lint bench-generate bench-train bench-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e .
 	touch $@
 
-$(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[test]'
 	touch $@ $(VENV)/.installed
 
@@ -23,10 +24,17 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
-test: $(VENV)/.installed-test
-	$(BIN)/ruff check .
+format: $(VENV)/.installed-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
 	$(BIN)/python -m pytest
+
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 bench-generate: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/generate.py

@@ -22,7 +22,7 @@ def test_presets_are_the_dialogpt_shapes(name, layers, hidden, heads, params_mil
 
 
 def test_frozen():
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field"):
         DialoGPTConfig().num_layers = 3
 
 

@@ -239,24 +239,36 @@ def test_loop_stops_rows_at_their_eos_and_pads_after():
 
 
 def test_loop_ends_early_once_every_row_has_ended():
-    calls = []
+    """The loop stops calling the model once every row has emitted EOS (finished rows would
+    emit pad anyway, so only a count of the model calls shows the early exit)."""
     V, eos = 4, 3
-    steps = np.zeros((8, 1, V), np.float32)
-    steps[2, 0, eos] = 1.0
-    first, cache, fake = fixed_logits_fn(steps)
 
-    def next_fn(tokens, cache, index):
-        calls.append(1)  # traced once; count real steps through the returned cache instead
-        return fake(tokens, cache, index)
+    def model_calls(eos_step: int | None) -> tuple[int, list]:
+        steps = np.zeros((8, 1, V), np.float32)
+        if eos_step is not None:
+            steps[eos_step, 0, eos] = 1.0
+        first, cache, fake = fixed_logits_fn(steps)
+        counter = tf.Variable(0)
 
-    @tf.function(jit_compile=True)
-    def run():
-        return decode(next_fn, first, cache, tf.constant([[1]]), tf.constant([[1]]),
-                      SamplingParams(max_new_tokens=8), max_new_tokens=8, eos_token_id=eos, pad_token_id=0)
+        def next_fn(tokens, cache, index):
+            with tf.control_dependencies([counter.assign_add(1)]):
+                return fake(tokens, cache, index)
 
-    seqs, lengths = run()
-    assert lengths.numpy().tolist() == [3]
-    assert seqs.numpy().tolist() == [[0, 0, eos, 0, 0, 0, 0, 0]]
+        @tf.function(jit_compile=True)
+        def run():
+            return decode(next_fn, first, cache, tf.constant([[1]]), tf.constant([[1]]),
+                          SamplingParams(max_new_tokens=8), max_new_tokens=8, eos_token_id=eos, pad_token_id=0)
+
+        seqs, lengths = run()
+        return int(counter.numpy()), [seqs.numpy().tolist(), lengths.numpy().tolist()]
+
+    calls, (seqs, lengths) = model_calls(eos_step=2)
+    assert lengths == [3]
+    assert seqs == [[0, 0, eos, 0, 0, 0, 0, 0]]
+    full_calls, (_, full_lengths) = model_calls(eos_step=None)
+    assert full_lengths == [8]
+    assert full_calls >= 7, "without EOS every step runs"
+    assert calls <= 3 < full_calls, f"{calls} model calls after EOS at step 2: the loop did not stop"
 
 
 def test_sampling_only_draws_tokens_allowed_by_top_k_and_top_p():

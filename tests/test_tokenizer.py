@@ -318,21 +318,21 @@ def test_cut_utf8_decodes_to_replacement_character(tokenizer):
 
 
 @pytest.mark.parametrize(
-    "call, error",
+    "call, error, message",
     [
-        (lambda t: t.encode(b"bytes"), TypeError),
-        (lambda t: t.encode(None), TypeError),
-        (lambda t: t.encode_batch("not a list"), TypeError),
-        (lambda t: t.encode_batch(["ok", 3]), TypeError),
-        (lambda t: t.decode("15496"), TypeError),
-        (lambda t: t.decode([1.5]), TypeError),
-        (lambda t: t.decode(np.zeros((2, 2), dtype=np.int32)), TypeError),
-        (lambda t: t.decode([50257]), ValueError),
-        (lambda t: t.decode([-1]), ValueError),
+        (lambda t: t.encode(b"bytes"), TypeError, "text must be a str, got bytes"),
+        (lambda t: t.encode(None), TypeError, "text must be a str, got NoneType"),
+        (lambda t: t.encode_batch("not a list"), TypeError, "texts must be a list of str"),
+        (lambda t: t.encode_batch(["ok", 3]), TypeError, r"texts\[1\] must be a str"),
+        (lambda t: t.decode("15496"), TypeError, "ids must be a sequence of ints"),
+        (lambda t: t.decode([1.5]), TypeError, r"ids\[0\] is a float"),
+        (lambda t: t.decode(np.zeros((2, 2), dtype=np.int32)), TypeError, "ids must be a 1-D integer array"),
+        (lambda t: t.decode([50257]), ValueError, r"ids\[0\] = 50257 is outside"),
+        (lambda t: t.decode([-1]), ValueError, r"ids\[0\] = -1 is outside"),
     ],
 )
-def test_bad_inputs_raise_clear_errors(tokenizer, call, error):
-    with pytest.raises(error):
+def test_bad_inputs_raise_clear_errors(tokenizer, call, error, message):
+    with pytest.raises(error, match=message):
         call(tokenizer)
 
 
@@ -380,17 +380,17 @@ def test_encode_dialogue_newest_turn_too_long(tokenizer):
 
 
 @pytest.mark.parametrize(
-    "turns, max_length, error",
+    "turns, max_length, error, message",
     [
-        ([], None, ValueError),
-        ("a single string", None, TypeError),
-        (["ok", None], None, TypeError),
-        (["ok"], 0, ValueError),
-        (["ok"], 2.5, TypeError),
+        ([], None, ValueError, "turns is empty"),
+        ("a single string", None, TypeError, "turns must be a list of str"),
+        (["ok", None], None, TypeError, r"turns\[1\] must be a str"),
+        (["ok"], 0, ValueError, "max_length must be positive"),
+        (["ok"], 2.5, TypeError, "max_length must be an int"),
     ],
 )
-def test_encode_dialogue_bad_inputs(tokenizer, turns, max_length, error):
-    with pytest.raises(error):
+def test_encode_dialogue_bad_inputs(tokenizer, turns, max_length, error, message):
+    with pytest.raises(error, match=message):
         tokenizer.encode_dialogue(turns, max_length=max_length)
 
 
@@ -419,18 +419,18 @@ def test_pad_accepts_numpy_rows(tokenizer):
 
 
 @pytest.mark.parametrize(
-    "sequences, kwargs, error",
+    "sequences, kwargs, error, message",
     [
-        ([], {}, ValueError),
-        ([[1], []], {}, ValueError),
-        ([[1]], {"side": "middle"}, ValueError),
-        ([[1, "2"]], {}, TypeError),
-        ([[1]], {"pad_id": "0"}, TypeError),
-        ("123", {}, TypeError),
+        ([], {}, ValueError, "sequences is empty"),
+        ([[1], []], {}, ValueError, r"sequences\[1\] is empty"),
+        ([[1]], {"side": "middle"}, ValueError, "side must be 'left' or 'right'"),
+        ([[1, "2"]], {}, TypeError, r"sequences\[0\]\[1\] is a str"),
+        ([[1]], {"pad_id": "0"}, TypeError, "pad_id must be an int"),
+        ("123", {}, TypeError, "sequences must be a list of id lists"),
     ],
 )
-def test_pad_bad_inputs(tokenizer, sequences, kwargs, error):
-    with pytest.raises(error):
+def test_pad_bad_inputs(tokenizer, sequences, kwargs, error, message):
+    with pytest.raises(error, match=message):
         tokenizer.pad(sequences, **kwargs)
 
 
@@ -483,7 +483,7 @@ def test_local_directory_errors(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(TokenizerError, match="is a file"):
         Tokenizer.from_pretrained(tmp_path / "file.txt")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="path_or_hub_id must be a str or path, got int"):
         Tokenizer.from_pretrained(123)
 
 

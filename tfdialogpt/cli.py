@@ -464,9 +464,23 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
             FileExistsError, PermissionError)
 
 
+# Commands that never load TensorFlow (the others import it quietly first: `_quiet`).
+_TF_FREE_COMMANDS = {"tokenize"}
+
+
+def _needs_tensorflow(args) -> bool:
+    if args.command in _TF_FREE_COMMANDS or (args.command == "info" and not args.check):
+        return False
+    return not (args.command in ("chat", "generate") and getattr(args, "server", None))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if _needs_tensorflow(args):
+            from tfdialogpt._quiet import import_tensorflow
+
+            import_tensorflow()
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

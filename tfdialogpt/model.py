@@ -142,7 +142,7 @@ class DialoGPT(keras.Model):
             bad = tf.logical_or(ids < 0, ids >= vocab)
             if bool(tf.reduce_any(bad)):
                 first = tf.where(bad)[0].numpy().tolist()
-                value = int(tf.gather_nd(ids, [first]).numpy())
+                value = int(ids.numpy()[tuple(first)])
                 raise ValueError(f"input_ids{first} = {value} is outside the vocabulary [0, {vocab})")
             return ids
         check = tf.debugging.Assert(

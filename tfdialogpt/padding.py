@@ -91,7 +91,7 @@ def repad_left(input_ids: np.ndarray, attention_mask: np.ndarray, pad_id: int, w
     to the left, where the decode loop needs it. Positions come from the mask, so this does
     not change what the model computes for any row.
 
-        >>> ids, mask, lengths = repad_left(np.array([[5, 6, 0]]), np.array([[1, 1, 0]]), 0)
+        >>> ids, mask, lengths = repad_left(np.array([[5, 6, 0]]), np.array([[1, 1, 0]]), 0, width=3)
         >>> ids.tolist(), lengths.tolist()
         ([[0, 5, 6]], [2])
     """

@@ -14,8 +14,8 @@ false decodes greedily (argmax), true samples, with `seed` making the draw repro
 This module needs only numpy: a client machine imports it without TensorFlow.
 
 Example:
-    >>> GENERATE.input_names[:4]
-    ('input_ids', 'attention_mask', 'max_new_tokens', 'do_sample')
+    >>> GENERATE.input_names[:3], GENERATE.input_names[-1]
+    (('input_ids', 'attention_mask', 'max_new_tokens'), 'do_sample')
     >>> SIGNATURES["score"].output_names
     ('log_probs', 'num_tokens')
 """
