@@ -193,3 +193,18 @@ def test_demo_end_to_end(tmp_path):
     assert len(bot_lines) == 2 and all(line.rstrip().endswith(" ms]") for line in bot_lines)
     assert "server stopped (exit status 0)" in out.stdout
     assert (tmp_path / "dialogpt" / "1" / "saved_model.pb").is_file()
+
+
+def test_undecodable_input_is_a_clear_message():
+    """Bytes that are not UTF-8: chat says so and goes on; generate exits 2 with one line."""
+    out = subprocess.run([sys.executable, "-m", "tfdialogpt", "chat", "--max-new-tokens", "4"],
+                         input=b"Hello\n\xff\xfe\nHello\n", capture_output=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    lines = out.stdout.decode().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("bot> ") and lines[2].startswith("bot> ")
+    assert lines[1].startswith("error: that line is not valid UTF-8 (byte 0xff at position 0)")
+    out = subprocess.run([sys.executable, "-m", "tfdialogpt", "generate", "--json", "-"],
+                         input=b'["Hi \xff"]', capture_output=True, env=ENV, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.decode().strip() == (
+        "tfdialogpt generate: error: the --json input is not valid UTF-8 (byte 0xff at position 5)")

@@ -466,12 +466,18 @@ class Tokenizer:
 def _check_str(text: object, name: str) -> None:
     if not isinstance(text, str):
         raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # lone surrogates: undecodable bytes let through as text
+        raise TokenizerError(
+            f"{name} is not valid text: {text[err.start]!r} at position {err.start} (undecodable input "
+            "bytes?); decode bytes with errors='replace' first"
+        ) from None
 
 
 def _check_str_list(texts: object, name: str) -> list[str]:
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"{name} must be a list of str, got {type(texts).__name__}")
     for position, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"{name}[{position}] must be a str, got {type(text).__name__}")
+        _check_str(text, f"{name}[{position}]")
     return list(texts)
