@@ -140,7 +140,7 @@ class _FakeServable:
 
 
 def test_batcher_merges_equal_greedy_requests_and_runs_sampled_ones_alone():
-    from tfdialogpt.serving.server import Batcher, _Task, batch_key
+    from tfdialogpt.serving.batching import Batcher, _Task, batch_key
 
     servable = _FakeServable()
     batcher = Batcher(max_batch_size=4, batch_timeout=0.05, num_threads=1)
@@ -458,7 +458,7 @@ def test_sigterm_shuts_down_cleanly(server):
 
 def test_deployment_configs_parse():
     """serving/models.config is a valid ModelServerConfig; the batching file is understood."""
-    from tfdialogpt.serving.server import read_batching_parameters, read_model_config
+    from tfdialogpt.serving.server_options import read_batching_parameters, read_model_config
 
     root = os.path.join(os.path.dirname(__file__), os.pardir, "serving")
     [model] = read_model_config(os.path.join(root, "models.config"))

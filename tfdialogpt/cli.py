@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_arguments(p, model_default="default")
 
-    from tfdialogpt.serving.server import add_arguments as add_server_arguments
+    from tfdialogpt.serving.server_options import add_arguments as add_server_arguments
 
     p = _add_command(subparsers, "serve", "Serve exports over TF Serving's gRPC API (PredictionService).", """
         tfdialogpt serve --model-base-path ./models/dialogpt --model-name dialogpt --port 8500

@@ -244,7 +244,8 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     import logging
 
-    from tfdialogpt.serving.server import serve, server_from_args
+    from tfdialogpt.serving.grpc_services import serve
+    from tfdialogpt.serving.server_options import server_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return serve(server_from_args(args), grace=args.grace)

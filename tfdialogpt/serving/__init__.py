@@ -22,7 +22,7 @@ _PUBLIC = {
     "ModelNotFoundError": "tfdialogpt.serving.client",
     "ServerUnavailableError": "tfdialogpt.serving.client",
     "ServingTimeoutError": "tfdialogpt.serving.client",
-    "ModelServer": "tfdialogpt.serving.server",
+    "ModelServer": "tfdialogpt.serving.grpc_services",
 }
 
 __all__ = sorted(_PUBLIC)
