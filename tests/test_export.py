@@ -116,8 +116,8 @@ def test_int8_export_matches_the_int8_model(tmp_path):
     loaded = tf.saved_model.load(result.path)
     ids, mask = left_pad(PROMPTS)
     sequences, lengths = greedy_reference(quantized, PROMPTS, 10)
-    params = dict(max_new_tokens=np.int32(10), temperature=np.float32(0), top_k=np.int32(0), top_p=np.float32(1),
-                  repetition_penalty=np.float32(1), seed=np.int32(0))
+    params = dict(max_new_tokens=np.int32(10), temperature=np.float32(1), top_k=np.int32(0), top_p=np.float32(1),
+                  repetition_penalty=np.float32(1), seed=np.int32(0), do_sample=np.bool_(False))
     for name in ("generate", "generate_xla"):
         out = loaded.signatures[name](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)
         np.testing.assert_array_equal(out["sequences"].numpy(), sequences, err_msg=name)
@@ -133,8 +133,8 @@ FRESH_PROCESS = textwrap.dedent("""
 
     path, ids, mask, new = sys.argv[1], np.array(json.loads(sys.argv[2]), np.int32), np.array(json.loads(sys.argv[3]), np.int32), int(sys.argv[4])
     loaded = tf.saved_model.load(path)
-    params = dict(max_new_tokens=np.int32(new), temperature=np.float32(0), top_k=np.int32(0), top_p=np.float32(1),
-                  repetition_penalty=np.float32(1), seed=np.int32(0))
+    params = dict(max_new_tokens=np.int32(new), temperature=np.float32(1), top_k=np.int32(0), top_p=np.float32(1),
+                  repetition_penalty=np.float32(1), seed=np.int32(0), do_sample=np.bool_(False))
     result = {"tfdialogpt_imported": any(m.startswith("tfdialogpt") for m in sys.modules)}
     for name in ("serving_default", "generate", "generate_xla"):
         out = loaded.signatures[name](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)
