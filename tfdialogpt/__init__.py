@@ -17,6 +17,7 @@ _PUBLIC = {
     "Chat": "tfdialogpt.chat",
     "DialoGPT": "tfdialogpt.model",
     "DialoGPTConfig": "tfdialogpt.config",
+    "GenerationConfig": "tfdialogpt.generation_config",
     "Tokenizer": "tfdialogpt.tokenizer",
     "CheckpointError": "tfdialogpt.checkpoint",
     "ConfigError": "tfdialogpt.config",
