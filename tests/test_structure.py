@@ -26,6 +26,8 @@ TF_FREE = [
     "tfdialogpt.generation_config",
     "tfdialogpt.padding",
     "tfdialogpt.hub",
+    "tfdialogpt.checkpoint_files",
+    "tfdialogpt._text_checks",
     "tfdialogpt.serving.signatures",
     "tfdialogpt.serving.client",
 ]

@@ -30,6 +30,7 @@ import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 
 from tfdialogpt import hub, padding
+from tfdialogpt._text_checks import TokenizerError, check_ids, check_str, check_str_list
 from tfdialogpt.config import DEFAULT_MODEL_DIR
 
 ENDOFTEXT = "<|endoftext|>"
@@ -39,10 +40,6 @@ MODEL_MAX_LENGTH = 1024
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
 TOKENIZER_FILE = "tokenizer.json"
-
-
-class TokenizerError(ValueError):
-    """Tokenizer files are missing or unusable (local directory or hub repository)."""
 
 
 class Tokenizer:
@@ -297,7 +294,7 @@ class Tokenizer:
             >>> tokenizer.encode("Hello world")
             [15496, 995]
         """
-        _check_str(text, "text")
+        check_str(text, "text")
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -313,7 +310,7 @@ class Tokenizer:
             >>> tokenizer.encode_batch(["Hello", " world"])
             [[15496], [995]]
         """
-        texts = _check_str_list(texts, "texts")
+        texts = check_str_list(texts, "texts")
         return [
             encoding.ids
             for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=False)
@@ -362,7 +359,7 @@ class Tokenizer:
             >>> tokenizer.encode_dialogue(["Hi!", "Hello, how are you?"], max_length=8)
             [15496, 11, 703, 389, 345, 30, 50256]
         """
-        turns = _check_str_list(turns, "turns")
+        turns = check_str_list(turns, "turns")
         if not turns:
             raise ValueError("turns is empty; a dialogue needs at least one turn")
         if max_length is not None:
@@ -441,43 +438,4 @@ class Tokenizer:
         return padding.left_pad(rows, pad_id, length, side=side)
 
     def _check_ids(self, ids: Iterable[int] | np.ndarray, name: str) -> list[int]:
-        if hasattr(ids, "numpy") and not isinstance(ids, np.ndarray):  # a TF / torch tensor
-            ids = np.asarray(ids.numpy())
-        if isinstance(ids, np.ndarray):
-            if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-                raise TypeError(f"{name} must be a 1-D integer array, got {ids.ndim}-D {ids.dtype}")
-            ids = ids.tolist()
-        elif isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-            raise TypeError(f"{name} must be a sequence of ints, got {type(ids).__name__}")
-        else:
-            ids = list(ids)
-            for position, token in enumerate(ids):
-                if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
-                    raise TypeError(
-                        f"{name}[{position}] is a {type(token).__name__}; expected an int id"
-                    )
-            ids = [int(token) for token in ids]
-        for position, token in enumerate(ids):
-            if not 0 <= token < self._vocab_size:
-                raise ValueError(f"{name}[{position}] = {token} is outside [0, {self._vocab_size})")
-        return ids
-
-
-def _check_str(text: object, name: str) -> None:
-    if not isinstance(text, str):
-        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:  # lone surrogates: undecodable bytes let through as text
-        raise TokenizerError(
-            f"{name} is not valid text: {text[err.start]!r} at position {err.start} (undecodable input "
-            "bytes?); decode bytes with errors='replace' first"
-        ) from None
-
-
-def _check_str_list(texts: object, name: str) -> list[str]:
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError(f"{name} must be a list of str, got {type(texts).__name__}")
-    for position, text in enumerate(texts):
-        _check_str(text, f"{name}[{position}]")
-    return list(texts)
+        return check_ids(ids, self._vocab_size, name)
