@@ -78,8 +78,11 @@ def bandwidth_probe(megabytes: int = 512, passes: int = 3):
 
     def measure():
         best = float("inf")
-        for fn in (lambda: gemv(matrix, vector).numpy(), lambda: blocked(matrix, vector).numpy(),
-                   lambda: total(matrix).numpy()):
+        for fn in (
+            lambda: gemv(matrix, vector).numpy(),
+            lambda: blocked(matrix, vector).numpy(),
+            lambda: total(matrix).numpy(),
+        ):
             start = time.perf_counter()
             for _ in range(passes):
                 fn()
@@ -116,8 +119,9 @@ def ours(directory, ids, new_tokens, quantize=None, jit_compile=True):
 
     model = DialoGPT.from_pretrained(directory, quantize=quantize)
     B, T = ids.shape
-    fn = make_generate_fn(model, max_new_tokens=new_tokens, do_sample=False, batch_size=B, prompt_length=T,
-                          jit_compile=jit_compile)
+    fn = make_generate_fn(
+        model, max_new_tokens=new_tokens, do_sample=False, batch_size=B, prompt_length=T, jit_compile=jit_compile
+    )
 
     prompt, mask = tf.constant(ids), tf.ones([B, T], tf.int32)
     one, zero, greedy = tf.constant(1.0), tf.constant(0), tf.constant(False)
@@ -141,8 +145,14 @@ def hf_pytorch(pt_model, ids, new_tokens):
 
     def run():
         with torch.no_grad():
-            return pt_model.generate(input_ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                     min_new_tokens=new_tokens, do_sample=False, pad_token_id=50256).numpy()
+            return pt_model.generate(
+                input_ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=50256,
+            ).numpy()
 
     return run
 
@@ -153,8 +163,14 @@ def hf_tf_xla(directory, ids, new_tokens):
 
     model = TFGPT2LMHeadModel.from_pretrained(directory, from_pt=True)
     generate = tf.function(
-        lambda i, m: model.generate(i, attention_mask=m, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                    do_sample=False, pad_token_id=50256),
+        lambda i, m: model.generate(
+            i,
+            attention_mask=m,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=50256,
+        ),
         jit_compile=True,
     )
     input_ids = tf.constant(ids)
@@ -222,10 +238,23 @@ class Contender:
 
     def __init__(self, name, directory, batch, args, new_tokens):
         self.name = name
-        command = [sys.executable, os.path.abspath(__file__), "--worker", name, "--dir", directory,
-                   "--batch", str(batch), "--prompt", str(args.prompt), "--new-tokens", str(new_tokens)]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            name,
+            "--dir",
+            directory,
+            "--batch",
+            str(batch),
+            "--prompt",
+            str(args.prompt),
+            "--new-tokens",
+            str(new_tokens),
+        ]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.first = float(self._read("READY"))
         self.samples: list[float] = []
         self.bandwidth_around: list[float] = []  # per timed run: mean of the probes either side
@@ -285,12 +314,18 @@ def run_cell(shape, batch, directory, names, args, new_tokens, repeats):
                 before = after
         for name in names:
             c = contenders[name]
-            print(f"  {shape} b{batch} {name:16s} {batch * new_tokens / c.median:7.1f} tok/s (first call "
-                  f"{c.first:.1f}s, runs {', '.join(f'{t:.2f}' for t in c.samples)}s, read GB/s around them "
-                  f"{', '.join(f'{b / 1e9:.0f}' for b in c.bandwidth_around)})", flush=True)
+            print(
+                f"  {shape} b{batch} {name:16s} {batch * new_tokens / c.median:7.1f} tok/s (first call "
+                f"{c.first:.1f}s, runs {', '.join(f'{t:.2f}' for t in c.samples)}s, read GB/s around them "
+                f"{', '.join(f'{b / 1e9:.0f}' for b in c.bandwidth_around)})",
+                flush=True,
+            )
         gbps = [b / 1e9 for b in probe.samples]
-        print(f"  {shape} b{batch} read bandwidth {statistics.median(gbps):.1f} GB/s "
-              f"(min {min(gbps):.1f}, max {max(gbps):.1f} over {len(gbps)} probes)", flush=True)
+        print(
+            f"  {shape} b{batch} read bandwidth {statistics.median(gbps):.1f} GB/s "
+            f"(min {min(gbps):.1f}, max {max(gbps):.1f} over {len(gbps)} probes)",
+            flush=True,
+        )
         return contenders
     finally:
         for c in contenders.values():
@@ -322,8 +357,10 @@ def main(argv=None) -> int:
     repeats = args.repeats or (2 if args.quick else 5)
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}")
-    print(f"workload: greedy, prompt {args.prompt}, {new_tokens} new tokens, median of {repeats} timed rounds, "
-          f"each contender in its own process, timed round-robin\n")
+    print(
+        f"workload: greedy, prompt {args.prompt}, {new_tokens} new tokens, median of {repeats} timed rounds, "
+        f"each contender in its own process, timed round-robin\n"
+    )
     rows = []
     for shape in shapes:
         config = DialoGPTConfig.preset(shape)
@@ -354,10 +391,13 @@ def decode_steps(contender, tokens: int, nbytes: float) -> tuple[float, float, f
 
 def format_table(rows, new_tokens) -> str:
     names = [*OURS, *PEERS]
-    header = ("| shape | batch | " + " | ".join(f"{n} tok/s" for n in names)
-              + " | float32 vs fastest peer | int8 vs fastest peer | compile f32 / int8 (s) | read GB/s"
-              + " | batch-1 bound f32 / int8 tok/s | % of bound f32 / int8"
-              + " | first token ms f32 / int8 | decode step ms f32 / int8 | decode steps % of bound f32 / int8 |")
+    header = (
+        "| shape | batch | "
+        + " | ".join(f"{n} tok/s" for n in names)
+        + " | float32 vs fastest peer | int8 vs fastest peer | compile f32 / int8 (s) | read GB/s"
+        + " | batch-1 bound f32 / int8 tok/s | % of bound f32 / int8"
+        + " | first token ms f32 / int8 | decode step ms f32 / int8 | decode steps % of bound f32 / int8 |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for shape, batch, config, contenders in rows:
         speed, compile_seconds = {}, {}
@@ -374,33 +414,49 @@ def format_table(rows, new_tokens) -> str:
             elif name in OURS:
                 cells.append(f"{speed[name]:.1f}")
             else:
-                cells.append(f"{speed[name]:.1f} ({speed['tfdialogpt'] / speed[name]:.2f}x / "
-                             f"{speed['tfdialogpt_int8'] / speed[name]:.2f}x)")
+                cells.append(
+                    f"{speed[name]:.1f} ({speed['tfdialogpt'] / speed[name]:.2f}x / "
+                    f"{speed['tfdialogpt_int8'] / speed[name]:.2f}x)"
+                )
         # int8: one byte per weight, plus a float32 scale per output channel (negligible).
         bounds = (bandwidth / weight_bytes(config, 4), bandwidth / weight_bytes(config, 1))
         if batch == 1:
-            percents = [percent_of_bound(contenders[name], batch * new_tokens, weight_bytes(config, size))
-                        for name, size in (("tfdialogpt", 4), ("tfdialogpt_int8", 1))]
+            percents = [
+                percent_of_bound(contenders[name], batch * new_tokens, weight_bytes(config, size))
+                for name, size in (("tfdialogpt", 4), ("tfdialogpt_int8", 1))
+            ]
             bound_cells = [f"{bounds[0]:.1f} / {bounds[1]:.1f}", f"{percents[0]:.0f}% / {percents[1]:.0f}%"]
             if new_tokens > 1:  # decode steps exist
-                steps = [decode_steps(contenders[name], new_tokens, weight_bytes(config, size))
-                         for name, size in (("tfdialogpt", 4), ("tfdialogpt_int8", 1))]
-                bound_cells += [f"{steps[0][0]:.0f} / {steps[1][0]:.0f}", f"{steps[0][1]:.1f} / {steps[1][1]:.1f}",
-                                f"{steps[0][2]:.0f}% / {steps[1][2]:.0f}%"]
+                steps = [
+                    decode_steps(contenders[name], new_tokens, weight_bytes(config, size))
+                    for name, size in (("tfdialogpt", 4), ("tfdialogpt_int8", 1))
+                ]
+                bound_cells += [
+                    f"{steps[0][0]:.0f} / {steps[1][0]:.0f}",
+                    f"{steps[0][1]:.1f} / {steps[1][1]:.1f}",
+                    f"{steps[0][2]:.0f}% / {steps[1][2]:.0f}%",
+                ]
             else:
                 bound_cells += ["-"] * 3
         else:
             bound_cells = ["-"] * 5
-        lines.append(f"| {shape} | {batch} | " + " | ".join(cells)
-                     + f" | {speed['tfdialogpt'] / fastest:.2f}x | {speed['tfdialogpt_int8'] / fastest:.2f}x"
-                     + f" | {compile_seconds['tfdialogpt']:.1f} / {compile_seconds['tfdialogpt_int8']:.1f}"
-                     + f" | {bandwidth / 1e9:.1f} | " + " | ".join(bound_cells) + " |")
-    lines.append(f"\nratios in brackets: tfdialogpt float32 / peer and tfdialogpt int8 / peer; compile = first call "
-                 f"minus the median timed call (one bucket: prompt 64, {new_tokens} new); read GB/s: the median of "
-                 f"the bandwidth probes (one between every two timed runs); bound = read GB/s / bytes of weights; "
-                 f"% of bound: the median over the timed runs of tokens/s / the bound from the probes either side; "
-                 f"first token: the prompt pass and first token alone (same graph, max_new_tokens=1); decode step: "
-                 f"(run - first token) / (new tokens - 1), and its % of the bound.")
+        lines.append(
+            f"| {shape} | {batch} | "
+            + " | ".join(cells)
+            + f" | {speed['tfdialogpt'] / fastest:.2f}x | {speed['tfdialogpt_int8'] / fastest:.2f}x"
+            + f" | {compile_seconds['tfdialogpt']:.1f} / {compile_seconds['tfdialogpt_int8']:.1f}"
+            + f" | {bandwidth / 1e9:.1f} | "
+            + " | ".join(bound_cells)
+            + " |"
+        )
+    lines.append(
+        f"\nratios in brackets: tfdialogpt float32 / peer and tfdialogpt int8 / peer; compile = first call "
+        f"minus the median timed call (one bucket: prompt 64, {new_tokens} new); read GB/s: the median of "
+        f"the bandwidth probes (one between every two timed runs); bound = read GB/s / bytes of weights; "
+        f"% of bound: the median over the timed runs of tokens/s / the bound from the probes either side; "
+        f"first token: the prompt pass and first token alone (same graph, max_new_tokens=1); decode step: "
+        f"(run - first token) / (new tokens - 1), and its % of the bound."
+    )
     return "\n".join(lines)
 
 

@@ -71,7 +71,10 @@ def trained_model_part(model_name: str, max_seq_len: int = 128) -> dict:
 
     valid = validation_dialogues()
     tokenizer = Tokenizer.from_pretrained(model_name)
-    models = {"float32": DialoGPT.from_pretrained(model_name), "int8": DialoGPT.from_pretrained(model_name, quantize="int8")}
+    models = {
+        "float32": DialoGPT.from_pretrained(model_name),
+        "int8": DialoGPT.from_pretrained(model_name, quantize="int8"),
+    }
     scores, replies = {}, {}
     contexts = [d.turns[:-1] for d in valid]
     for name, model in models.items():
@@ -87,8 +90,11 @@ def trained_model_part(model_name: str, max_seq_len: int = 128) -> dict:
         "argmax_agreement": agreement,
         "scored_positions": positions,
         "identical_greedy_replies": f"{same_replies}/{len(contexts)}",
-        "examples": [{"context": c[-1], "float32": a, "int8": b}
-                     for c, a, b in zip(contexts, replies["float32"], replies["int8"], strict=True) if a != b][:5],
+        "examples": [
+            {"context": c[-1], "float32": a, "int8": b}
+            for c, a, b in zip(contexts, replies["float32"], replies["int8"], strict=True)
+            if a != b
+        ][:5],
     }
 
 
@@ -115,8 +121,10 @@ def random_small_part(batch: int = 4, length: int = 64, new_tokens: int = 32) ->
     log_pb = b - b.max(-1, keepdims=True)
     log_pb -= np.log(np.exp(log_pb).sum(-1, keepdims=True))
     kl = (pa * (log_pa - log_pb)).sum(-1)
-    greedy = [m.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens).sequences.numpy()
-              for m in (float_model, int8_model)]
+    greedy = [
+        m.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens).sequences.numpy()
+        for m in (float_model, int8_model)
+    ]
     first_diff = [int(np.argmax(r != s)) if (r != s).any() else new_tokens for r, s in zip(*greedy, strict=True)]
     return {
         "shape": "DialoGPT-small, transformers random init (seed 0)",

@@ -74,8 +74,9 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tfdialogpt-serve-bench-"))
     try:
         started = time.perf_counter()
-        result = export(model, workdir / "dialogpt", max_new_tokens_cap=max(args.max_new_tokens, 16),
-                        warmup_prompt_lengths=(16, 32))
+        result = export(
+            model, workdir / "dialogpt", max_new_tokens_cap=max(args.max_new_tokens, 16), warmup_prompt_lengths=(16, 32)
+        )
         export_seconds = time.perf_counter() - started
         total = args.clients * args.requests_per_client
         work = prompts(total, config.vocab_size)
@@ -91,10 +92,12 @@ def main(argv=None) -> int:
             width = padded_length(len(prompt), new, config.max_positions)
             ids = np.full((1, width), config.eos_token_id, np.int32)
             mask = np.zeros_like(ids)
-            ids[0, width - len(prompt):], mask[0, width - len(prompt):] = prompt, 1
+            ids[0, width - len(prompt) :], mask[0, width - len(prompt) :] = prompt, 1
             params = {p.name: tf.constant(p.default, p.spec.dtype) for p in PARAMETERS.values()}
             params["max_new_tokens"] = tf.constant(new, tf.int32)
-            return signature(input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)["sequences"].numpy()
+            return signature(input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)[
+                "sequences"
+            ].numpy()
 
         # Warm every path on both prompt buckets before timing anything.
         short = min(work, key=len)
@@ -103,13 +106,21 @@ def main(argv=None) -> int:
             in_process(prompt)
             model.generate(np.array([prompt], np.int32), max_new_tokens=new)
 
-        server = ServerProcess(workdir / "dialogpt", workdir / "server.log", "--max-batch-size", str(args.max_batch_size))
+        server = ServerProcess(
+            workdir / "dialogpt", workdir / "server.log", "--max-batch-size", str(args.max_batch_size)
+        )
         try:
             server.wait_for_version(result.version, timeout=600)
 
             def client():
-                return Client(server.target, "dialogpt", signature=args.signature, timeout=600,
-                              max_positions=config.max_positions, eos_token_id=config.eos_token_id)
+                return Client(
+                    server.target,
+                    "dialogpt",
+                    signature=args.signature,
+                    timeout=600,
+                    max_positions=config.max_positions,
+                    eos_token_id=config.eos_token_id,
+                )
 
             # 1. and 2., interleaved request by request so that load from elsewhere on the
             # machine hits both alike.
@@ -169,27 +180,43 @@ def main(argv=None) -> int:
 
         overhead = percentile(remote[: len(local)], 50) - percentile(local, 50)
         print(f"\n## Serving benchmark ({platform.machine()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__})\n")
-        print(f"model: {args.model or 'DialoGPT-' + args.preset + ' shape, random weights'} "
-              f"({config.num_parameters / 1e6:.0f}M parameters); signature `{args.signature}`; greedy; "
-              f"prompts of 11-31 tokens (buckets 16/32); {new} new tokens; export took {export_seconds:.1f} s\n")
+        print(
+            f"model: {args.model or 'DialoGPT-' + args.preset + ' shape, random weights'} "
+            f"({config.num_parameters / 1e6:.0f}M parameters); signature `{args.signature}`; greedy; "
+            f"prompts of 11-31 tokens (buckets 16/32); {new} new tokens; export took {export_seconds:.1f} s\n"
+        )
         print("| measurement | requests | p50 ms | p99 ms | throughput |")
         print("|---|---:|---:|---:|---:|")
-        print(f"| in process, exported signature, 1 at a time | {len(local)} | {percentile(local, 50):.1f} | "
-              f"{percentile(local, 99):.1f} | {len(local) / sum(local):.2f} req/s |")
-        print(f"| in process, `model.generate` (XLA), 1 at a time | {len(eager_xla)} | {percentile(eager_xla, 50):.1f} | "
-              f"{percentile(eager_xla, 99):.1f} | {len(eager_xla) / sum(eager_xla):.2f} req/s |")
-        print(f"| gRPC, 1 client, 1 at a time | {len(remote)} | {percentile(remote, 50):.1f} | "
-              f"{percentile(remote, 99):.1f} | {len(remote) / sum(remote):.2f} req/s |")
-        print(f"| gRPC, {args.clients} concurrent clients | {len(latencies)} | {percentile(latencies, 50):.1f} | "
-              f"{percentile(latencies, 99):.1f} | {total / wall:.2f} req/s, {total * new / wall:.1f} tok/s |")
-        print(f"| `score`, 1 row of 16 tokens, in process | {len(score_local)} | {percentile(score_local, 50):.1f} | "
-              f"{percentile(score_local, 99):.1f} | |")
-        print(f"| `score`, 1 row of 16 tokens, gRPC | {len(score_remote)} | {percentile(score_remote, 50):.1f} | "
-              f"{percentile(score_remote, 99):.1f} | |")
+        print(
+            f"| in process, exported signature, 1 at a time | {len(local)} | {percentile(local, 50):.1f} | "
+            f"{percentile(local, 99):.1f} | {len(local) / sum(local):.2f} req/s |"
+        )
+        print(
+            f"| in process, `model.generate` (XLA), 1 at a time | {len(eager_xla)} | {percentile(eager_xla, 50):.1f} | "
+            f"{percentile(eager_xla, 99):.1f} | {len(eager_xla) / sum(eager_xla):.2f} req/s |"
+        )
+        print(
+            f"| gRPC, 1 client, 1 at a time | {len(remote)} | {percentile(remote, 50):.1f} | "
+            f"{percentile(remote, 99):.1f} | {len(remote) / sum(remote):.2f} req/s |"
+        )
+        print(
+            f"| gRPC, {args.clients} concurrent clients | {len(latencies)} | {percentile(latencies, 50):.1f} | "
+            f"{percentile(latencies, 99):.1f} | {total / wall:.2f} req/s, {total * new / wall:.1f} tok/s |"
+        )
+        print(
+            f"| `score`, 1 row of 16 tokens, in process | {len(score_local)} | {percentile(score_local, 50):.1f} | "
+            f"{percentile(score_local, 99):.1f} | |"
+        )
+        print(
+            f"| `score`, 1 row of 16 tokens, gRPC | {len(score_remote)} | {percentile(score_remote, 50):.1f} | "
+            f"{percentile(score_remote, 99):.1f} | |"
+        )
         fixed = percentile(score_remote, 50) - percentile(score_local, 50)
-        print(f"\ngRPC + server overhead, fixed cost a request (p50 of `score`, gRPC - in process): {fixed:.1f} ms; "
-              f"on a generate request (p50, gRPC - in process): {overhead:.1f} ms "
-              f"({overhead / percentile(local, 50) * 100:+.1f}% of {percentile(local, 50):.0f} ms).")
+        print(
+            f"\ngRPC + server overhead, fixed cost a request (p50 of `score`, gRPC - in process): {fixed:.1f} ms; "
+            f"on a generate request (p50, gRPC - in process): {overhead:.1f} ms "
+            f"({overhead / percentile(local, 50) * 100:+.1f}% of {percentile(local, 50):.0f} ms)."
+        )
         print(f"answered: {len(answers)}/{total}; equal to single-client answers: {total - mismatches}/{total}")
         return 0 if mismatches == 0 and len(answers) == total else 1
     finally:

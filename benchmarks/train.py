@@ -39,15 +39,19 @@ def run_tensorflow(args) -> dict:
     from tfdialogpt.training.finetune import compile_for_training
 
     keras.utils.set_random_seed(0)
-    config = DialoGPTConfig(vocab_size=args.vocab, max_positions=max(1024, args.seq_len), hidden_size=args.hidden,
-                            num_layers=args.layers, num_heads=args.heads)
+    config = DialoGPTConfig(
+        vocab_size=args.vocab,
+        max_positions=max(1024, args.seq_len),
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
+    )
     with dtype_policy(args.precision):
         model = DialoGPT(config)
     settings = TrainingSettings(learning_rate=1e-4, warmup_steps=0, clip_norm=1.0)
     compile_for_training(model, settings, total_updates=10_000, jit_compile=args.jit)
     inputs, labels = batch(args)
-    element = ({"input_ids": inputs, "attention_mask": np.ones_like(inputs)}, labels,
-               np.ones(labels.shape, np.float32))
+    element = ({"input_ids": inputs, "attention_mask": np.ones_like(inputs)}, labels, np.ones(labels.shape, np.float32))
     steps = args.warmup + args.steps
     dataset = tf.data.Dataset.from_tensors(element).repeat(steps).prefetch(2)
 
@@ -70,8 +74,13 @@ def run_pytorch(args) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=args.vocab, n_positions=max(1024, args.seq_len), n_embd=args.hidden,
-                        n_layer=args.layers, n_head=args.heads)
+    config = GPT2Config(
+        vocab_size=args.vocab,
+        n_positions=max(1024, args.seq_len),
+        n_embd=args.hidden,
+        n_layer=args.layers,
+        n_head=args.heads,
+    )
     model = GPT2LMHeadModel(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     inputs, labels = batch(args)
@@ -108,9 +117,13 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (tracing, XLA)")
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
     parser.add_argument("--no-jit", dest="jit", action="store_false", help="TensorFlow without XLA")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternate the two sides this many times and keep each side's best (a shared "
-                             "machine's load then hurts both alike)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternate the two sides this many times and keep each side's best (a shared "
+        "machine's load then hurts both alike)",
+    )
     parser.add_argument("--child", choices=["tensorflow", "pytorch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -123,19 +136,22 @@ def main(argv=None) -> int:
     results = {}
     for _ in range(args.rounds):
         for side in ("pytorch", "tensorflow"):
-            out = subprocess.run([sys.executable, __file__, *forwarded, "--child", side],
-                                 capture_output=True, text=True, check=False)
+            out = subprocess.run(
+                [sys.executable, __file__, *forwarded, "--child", side], capture_output=True, text=True, check=False
+            )
             lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
             if out.returncode or not lines:
                 print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
                 return 1
-            result = json.loads(lines[-1][len("RESULT "):])
+            result = json.loads(lines[-1][len("RESULT ") :])
             result["tokens_per_second"] = args.batch_size * args.seq_len / result["seconds_per_step"]
             if side not in results or result["tokens_per_second"] > results[side]["tokens_per_second"]:
                 results[side] = result
     ratio = results["tensorflow"]["tokens_per_second"] / results["pytorch"]["tokens_per_second"]
-    shape = (f"{args.layers} layers x {args.hidden} hidden x {args.heads} heads, vocab {args.vocab}, "
-             f"batch {args.batch_size} x {args.seq_len} tokens")
+    shape = (
+        f"{args.layers} layers x {args.hidden} hidden x {args.heads} heads, vocab {args.vocab}, "
+        f"batch {args.batch_size} x {args.seq_len} tokens"
+    )
     print(f"training throughput, {shape}, {os.cpu_count()} CPUs, best of {args.rounds} alternating runs")
     tf_label = f"tfdialogpt Keras fit ({args.precision}{', XLA' if args.jit else ''})"
     for label, side in ((tf_label, "tensorflow"), ("HF transformers PyTorch", "pytorch")):

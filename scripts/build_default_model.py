@@ -34,11 +34,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "tfdialogpt" / "assets" / "default"
-OPENERS = ["Hello", "Hi", "How are you?", "Good morning, how are you?", "What is your name?",
-           "Do you like movies?", "Tell me a joke", "What is AI?", "Bye"]
+OPENERS = [
+    "Hello",
+    "Hi",
+    "How are you?",
+    "Good morning, how are you?",
+    "What is your name?",
+    "Do you like movies?",
+    "Tell me a joke",
+    "What is AI?",
+    "Bye",
+]
 MAX_BYTES = 15 * 1024 * 1024
-KEPT_FILES = ("config.json", "tf_model.h5", "vocab.json", "merges.txt", "tokenizer_config.json",
-              "special_tokens_map.json")
+KEPT_FILES = (
+    "config.json",
+    "tf_model.h5",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def corpus_dir() -> Path:
@@ -54,8 +69,11 @@ def windows(turns: tuple[str, ...], size: int) -> list[tuple[str, ...]]:
     the one before (its context), so every turn but the first is trained once."""
     if len(turns) <= size:
         return [turns]
-    return [turns[start: start + size] for start in range(0, len(turns) - 1, size - 1)
-            if len(turns[start: start + size]) >= 2]
+    return [
+        turns[start : start + size]
+        for start in range(0, len(turns) - 1, size - 1)
+        if len(turns[start : start + size]) >= 2
+    ]
 
 
 def split_corpus(dialogues, valid_share: float, window: int, seed: int):
@@ -113,24 +131,43 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = train_byte_level_bpe([t for d in train for t in d.turns], args.vocab_size, Path(tmp) / "tok")
         config = DialoGPTConfig(
-            vocab_size=tokenizer.vocab_size, max_positions=args.max_seq_len, hidden_size=args.hidden_size,
-            num_layers=args.layers, num_heads=args.heads, embedding_dropout=args.dropout,
-            attention_dropout=args.dropout, residual_dropout=args.dropout,
-            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=tokenizer.vocab_size,
+            max_positions=args.max_seq_len,
+            hidden_size=args.hidden_size,
+            num_layers=args.layers,
+            num_heads=args.heads,
+            embedding_dropout=args.dropout,
+            attention_dropout=args.dropout,
+            residual_dropout=args.dropout,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
         print(f"model: {config.num_parameters:,} parameters, vocab {config.vocab_size}")
         model = DialoGPT(config)
         work = Path(tmp) / "run"
         result = finetune(
-            model, train, valid, output_dir=work, tokenizer=tokenizer, seed=args.seed, epochs=args.epochs,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=50, decay="cosine",
-            weight_decay=0.1, early_stopping_patience=args.patience, max_seq_len=args.max_seq_len, verbose=2, strategy="default",
+            model,
+            train,
+            valid,
+            output_dir=work,
+            tokenizer=tokenizer,
+            seed=args.seed,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            warmup_steps=50,
+            decay="cosine",
+            weight_decay=0.1,
+            early_stopping_patience=args.patience,
+            max_seq_len=args.max_seq_len,
+            verbose=2,
+            strategy="default",
             jit_compile=False,  # Keras turns XLA off under op determinism anyway
         )
-        scores = evaluate(result.model, valid, tokenizer=tokenizer, max_seq_len=args.max_seq_len,
-                          max_new_tokens=24)
-        replies = generate_replies(result.model, tokenizer, [[o] for o in OPENERS], max_new_tokens=24,
-                                   max_seq_len=args.max_seq_len)
+        scores = evaluate(result.model, valid, tokenizer=tokenizer, max_seq_len=args.max_seq_len, max_new_tokens=24)
+        replies = generate_replies(
+            result.model, tokenizer, [[o] for o in OPENERS], max_new_tokens=24, max_seq_len=args.max_seq_len
+        )
 
         args.output.mkdir(parents=True, exist_ok=True)
         for old in args.output.iterdir():
@@ -153,8 +190,11 @@ def main(argv=None) -> int:
         "build_seconds": round(time.time() - started),
     }
     (args.output / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("parameters", "bytes", "valid", "greedy_replies", "build_seconds")},
-                     indent=2))
+    print(
+        json.dumps(
+            {k: report[k] for k in ("parameters", "bytes", "valid", "greedy_replies", "build_seconds")}, indent=2
+        )
+    )
     if size > MAX_BYTES:
         print(f"error: {size} bytes is over the {MAX_BYTES}-byte budget", file=sys.stderr)
         return 1

@@ -46,9 +46,7 @@ def download_whisper_sdist(destination: Path, version: str = WHISPER_SDIST_VERSI
     subprocess.run(command, check=True)
     found = sorted(destination.glob(f"openai*whisper-{version}.tar.gz"))
     if not found:
-        raise FileNotFoundError(
-            f"pip download left no openai-whisper-{version} sdist in {destination}"
-        )
+        raise FileNotFoundError(f"pip download left no openai-whisper-{version} sdist in {destination}")
     return found[0]
 
 

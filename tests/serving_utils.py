@@ -92,8 +92,10 @@ def tiny_export(model, root: Path):
     from tfdialogpt.serving.export import export
 
     if id(model) not in _EXPORTS:
-        _EXPORTS[id(model)] = (model, export(model, root / "dialogpt", max_new_tokens_cap=CAP,
-                                             warmup_prompt_lengths=WARMUP_LENGTHS))
+        _EXPORTS[id(model)] = (
+            model,
+            export(model, root / "dialogpt", max_new_tokens_cap=CAP, warmup_prompt_lengths=WARMUP_LENGTHS),
+        )
     return _EXPORTS[id(model)][1]
 
 
@@ -123,10 +125,25 @@ class ServerProcess:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tfdialogpt.serving.server", "--model-base-path", str(base_path),
-             "--model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(self.port),
-             "--poll-interval", "0.2", *extra],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "tfdialogpt.serving.server",
+                "--model-base-path",
+                str(base_path),
+                "--model-name",
+                MODEL_NAME,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--poll-interval",
+                "0.2",
+                *extra,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
     def log(self) -> str:

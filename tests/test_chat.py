@@ -11,8 +11,16 @@ from tfdialogpt.chat import MMI, Chat, reply_batch
 from tfdialogpt.scoring import score
 
 CORPUS = [
-    "Hello", "Hi there", "How are you?", "I am fine, thank you.", "What is your name?",
-    "My name is Bot.", "Do you like music?", "Yes, I love jazz.", "Good night", "See you tomorrow",
+    "Hello",
+    "Hi there",
+    "How are you?",
+    "I am fine, thank you.",
+    "What is your name?",
+    "My name is Bot.",
+    "Do you like music?",
+    "Yes, I love jazz.",
+    "Good night",
+    "See you tomorrow",
 ] * 5
 
 
@@ -88,9 +96,18 @@ def train_reverse_model(tokenizer, pairs, steps=150):
     import keras
 
     keras.utils.set_random_seed(0)
-    config = DialoGPTConfig(vocab_size=tokenizer.vocab_size, max_positions=32, hidden_size=32, num_layers=1,
-                            num_heads=2, embedding_dropout=0, attention_dropout=0, residual_dropout=0,
-                            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    config = DialoGPTConfig(
+        vocab_size=tokenizer.vocab_size,
+        max_positions=32,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        embedding_dropout=0,
+        attention_dropout=0,
+        residual_dropout=0,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
     model = DialoGPT(config)
     eos = tokenizer.eos_token_id
     rows = [tokenizer.encode(reply) + [eos] + tokenizer.encode(source) + [eos] for reply, source in pairs]
@@ -107,7 +124,9 @@ def train_reverse_model(tokenizer, pairs, steps=150):
             logits = model(ids, attention_mask=mask, training=True)[:, :-1]
             loss = tf.keras.losses.sparse_categorical_crossentropy(ids[:, 1:], logits, from_logits=True)
             loss = tf.reduce_sum(loss * mask[:, 1:]) / tf.reduce_sum(tf.cast(mask[:, 1:], tf.float32))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True))
+        optimizer.apply_gradients(
+            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True)
+        )
         return loss
 
     for _ in range(steps):
@@ -120,8 +139,14 @@ def test_mmi_picks_the_candidate_the_reverse_model_prefers(tokenizer):
     known = "My name is Bot."
     # The reverse model learns: after `known`, the source was "What is your name?"; after the
     # other replies, other sources.
-    reverse = train_reverse_model(tokenizer, [(known, "What is your name?"), ("Good night", "See you tomorrow"),
-                                              ("Yes, I love jazz.", "Do you like music?")])
+    reverse = train_reverse_model(
+        tokenizer,
+        [
+            (known, "What is your name?"),
+            ("Good night", "See you tomorrow"),
+            ("Yes, I love jazz.", "Do you like music?"),
+        ],
+    )
     candidates = [tokenizer.encode(t) for t in ("Good night", known, "Yes, I love jazz.")]
     backend = FakeBackend(candidates)
     mmi = MMI(reverse, num_candidates=3)
@@ -146,8 +171,9 @@ def test_mmi_sampling_by_softmax_of_scores():
 
 
 def test_score_matches_manual_log_softmax(tokenizer):
-    model = DialoGPT(DialoGPTConfig(vocab_size=tokenizer.vocab_size, max_positions=16, hidden_size=16,
-                                    num_layers=1, num_heads=2))
+    model = DialoGPT(
+        DialoGPTConfig(vocab_size=tokenizer.vocab_size, max_positions=16, hidden_size=16, num_layers=1, num_heads=2)
+    )
     context, reply = [3, 4, 5], [6, 7]
     logits = model(np.array([context + reply], np.int32)).numpy()[0]
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

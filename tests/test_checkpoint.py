@@ -356,8 +356,13 @@ def poison(directory, fmt, raw_name, values):
     [
         ("tf_h5", "wte/embeddings", [np.nan] * 3, "wte.weight", "3 non-finite values"),
         ("pt_safetensors", "transformer.h.1.attn.c_attn.bias", [np.inf], "h.1.attn.c_attn.bias", "1 non-finite value"),
-        ("pt_sharded", "transformer.h.0.mlp.c_fc.weight", [-np.inf, np.nan], "h.0.mlp.c_fc.weight",
-         "2 non-finite values"),
+        (
+            "pt_sharded",
+            "transformer.h.0.mlp.c_fc.weight",
+            [-np.inf, np.nan],
+            "h.0.mlp.c_fc.weight",
+            "2 non-finite values",
+        ),
     ],
 )
 def test_non_finite_tensor_is_refused(tiny_reference, tmp_path, fmt, raw_name, values, canonical, count):
@@ -373,8 +378,10 @@ def test_every_non_finite_tensor_is_listed(tf_dir):
     poison(tf_dir, "tf_h5", "ln_f/gamma", [np.inf, -np.inf])
     poison(tf_dir, "tf_h5", "h_._1/attn/c_proj/weight", [np.nan])
     path = tf_dir / "tf_model.h5"
-    expected = (f"`h.1.attn.c_proj.weight`: 1 non-finite value (NaN/Inf) in {path}; "
-                f"`ln_f.weight`: 2 non-finite values (NaN/Inf) in {path}")
+    expected = (
+        f"`h.1.attn.c_proj.weight`: 1 non-finite value (NaN/Inf) in {path}; "
+        f"`ln_f.weight`: 2 non-finite values (NaN/Inf) in {path}"
+    )
     with pytest.raises(CheckpointError, match=re.escape(expected) + "$"):
         DialoGPT.from_pretrained(tf_dir)
 
@@ -391,8 +398,11 @@ def test_non_finite_count_is_exact_across_slices():
         wte[position] = np.nan
     tensors["h.0.ln_1.bias"] = tensors["h.0.ln_1.bias"].astype(np.float16)
     tensors["h.0.ln_1.bias"][-1] = np.inf
-    with pytest.raises(CheckpointError, match=r"^`h\.0\.ln_1\.bias`: 1 non-finite value \(NaN/Inf\) in mem; "
-                                              r"`wte\.weight`: 5 non-finite values \(NaN/Inf\) in mem$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^`h\.0\.ln_1\.bias`: 1 non-finite value \(NaN/Inf\) in mem; "
+        r"`wte\.weight`: 5 non-finite values \(NaN/Inf\) in mem$",
+    ):
         check_weights(tensors, config, "mem")
     tensors["h.0.ln_1.bias"][-1] = 65504  # float16's largest finite value
     wte[:] = 0
@@ -401,8 +411,13 @@ def test_non_finite_count_is_exact_across_slices():
 
 def test_cli_info_check_refuses_non_finite_weights(tf_dir):
     path = poison(tf_dir, "tf_h5", "wte/embeddings", [np.nan, np.inf, np.nan])
-    run = subprocess.run([sys.executable, "-m", "tfdialogpt", "info", "--model", str(tf_dir), "--check"],
-                         env=env_with_this_tree(TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "tfdialogpt", "info", "--model", str(tf_dir), "--check"],
+        env=env_with_this_tree(TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 2, run.stderr[-3000:]
     lines = [line for line in run.stderr.splitlines() if line.startswith("tfdialogpt")]
     assert lines == [f"tfdialogpt info: error: `wte.weight`: 3 non-finite values (NaN/Inf) in {path}"], run.stderr
@@ -441,8 +456,10 @@ def offline_env(monkeypatch, tmp_path):
 
 def test_local_files_only_with_an_empty_cache(tmp_path, online):
     cache = tmp_path / "hub"
-    expected = (f"could not find config.json for 'microsoft/DialoGPT-small' in the local hub cache {cache} "
-                "(offline mode: local_files_only=True)")
+    expected = (
+        f"could not find config.json for 'microsoft/DialoGPT-small' in the local hub cache {cache} "
+        "(offline mode: local_files_only=True)"
+    )
     with pytest.raises(CheckpointError, match=re.escape(expected) + "$"):
         DialoGPT.from_pretrained("microsoft/DialoGPT-small", cache_dir=cache, local_files_only=True)
     with pytest.raises(CheckpointError, match=re.escape(expected) + "$"):
@@ -453,8 +470,10 @@ def test_local_files_only_with_an_empty_cache(tmp_path, online):
 def test_hf_hub_offline_with_an_empty_cache(offline_env, local_files_only):
     """HF_HUB_OFFLINE=1 makes the default `local_files_only=False` read the cache only."""
     reason = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE is set"
-    expected = (f"could not find config.json for 'microsoft/DialoGPT-small' at revision 'v1' in the local hub "
-                f"cache {offline_env} (offline mode: {reason})")
+    expected = (
+        f"could not find config.json for 'microsoft/DialoGPT-small' at revision 'v1' in the local hub "
+        f"cache {offline_env} (offline mode: {reason})"
+    )
     with pytest.raises(CheckpointError, match=re.escape(expected) + "$"):
         load_config("microsoft/DialoGPT-small", revision="v1", local_files_only=local_files_only)
 
@@ -469,18 +488,27 @@ def test_local_files_only_reads_a_filled_cache(tiny_reference, tmp_path, online)
     np.testing.assert_array_equal(model.wte.embeddings.numpy(), tiny_reference.pt.transformer.wte.weight.detach())
     snapshot = next((cache / "models--someone--tiny" / "snapshots").iterdir())
     os.remove(snapshot / "model-00003-of-00008.safetensors")
-    with pytest.raises(CheckpointError, match=r"could not find shard model-00003-of-00008\.safetensors of "
-                                              r"model\.safetensors\.index\.json for 'someone/tiny' in the local hub"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"could not find shard model-00003-of-00008\.safetensors of "
+        r"model\.safetensors\.index\.json for 'someone/tiny' in the local hub",
+    ):
         DialoGPT.from_pretrained("someone/tiny", cache_dir=cache, local_files_only=True)
 
 
 @pytest.mark.parametrize(
     "error, expected",
     [
-        ("unreachable", r"^cannot fetch config\.json for 'microsoft/DialoGPT-small' on the hub: the hub is "
-                        r"unreachable and the file is not in the local cache \(no connection\)$"),
-        ("no repository", r"^no repository 'microsoft/DialoGPT-small' on the hub \(or it is private or gated and "
-                          r"no valid token was given\): 401 Client Error$"),
+        (
+            "unreachable",
+            r"^cannot fetch config\.json for 'microsoft/DialoGPT-small' on the hub: the hub is "
+            r"unreachable and the file is not in the local cache \(no connection\)$",
+        ),
+        (
+            "no repository",
+            r"^no repository 'microsoft/DialoGPT-small' on the hub \(or it is private or gated and "
+            r"no valid token was given\): 401 Client Error$",
+        ),
         ("no revision", r"^no such revision: 'microsoft/DialoGPT-small' on the hub \(404 Client Error\)$"),
     ],
 )
@@ -514,9 +542,12 @@ def test_invalid_hub_id_and_local_files_only(tmp_path, online):
 
 
 def test_hub_module_loads_neither_tensorflow_nor_huggingface_hub():
-    program = ("import sys, tfdialogpt.hub; "
-               "loaded = [m for m in ('tensorflow', 'keras', 'huggingface_hub') if m in sys.modules]; "
-               "assert not loaded, loaded")
-    run = subprocess.run([sys.executable, "-c", program], env=env_with_this_tree(), capture_output=True, text=True,
-                         timeout=120)
+    program = (
+        "import sys, tfdialogpt.hub; "
+        "loaded = [m for m in ('tensorflow', 'keras', 'huggingface_hub') if m in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", program], env=env_with_this_tree(), capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr[-2000:]

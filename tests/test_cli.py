@@ -11,12 +11,30 @@ import pexpect
 import pytest
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-COMMANDS = ["info", "init", "convert", "tokenize", "generate", "chat", "finetune", "evaluate", "export", "serve", "demo"]
+COMMANDS = [
+    "info",
+    "init",
+    "convert",
+    "tokenize",
+    "generate",
+    "chat",
+    "finetune",
+    "evaluate",
+    "export",
+    "serve",
+    "demo",
+]
 
 
 def run(*args, input=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "tfdialogpt", *args], input=input, capture_output=True,
-                          text=True, env=ENV, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tfdialogpt", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +65,10 @@ def test_every_command_has_help_with_examples():
 
 
 def test_help_runs_without_loading_tensorflow():
-    code = ("import sys\nfrom tfdialogpt.cli import main\ntry:\n    main(['serve', '--help'])\n"
-            "except SystemExit as e:\n    assert e.code == 0\nsys.exit(3 if 'tensorflow' in sys.modules else 0)")
+    code = (
+        "import sys\nfrom tfdialogpt.cli import main\ntry:\n    main(['serve', '--help'])\n"
+        "except SystemExit as e:\n    assert e.code == 0\nsys.exit(3 if 'tensorflow' in sys.modules else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
     assert out.returncode == 0, out.stderr or "--help loaded TensorFlow"
     assert "tfdialogpt serve" in out.stdout
@@ -57,8 +77,13 @@ def test_help_runs_without_loading_tensorflow():
 def test_no_tensorflow_start_up_lines_on_the_terminal():
     """TF's absl lines (oneDNN, cudart) come before TF_CPP_MIN_LOG_LEVEL applies; none show."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    out = subprocess.run([sys.executable, "-m", "tfdialogpt", "generate", "--max-new-tokens", "2", "Hello"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "tfdialogpt", "generate", "--max-new-tokens", "2", "Hello"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
     assert out.stdout.strip()
@@ -127,7 +152,11 @@ def test_chat_from_a_pipe(default_greedy):
     replies, _ = default_greedy
     out = run("chat", input="Hello\n/reset\nHow are you?\n")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [f"bot> {replies['Hello']}", "(history cleared)", f"bot> {replies['How are you?']}"]
+    assert out.stdout.splitlines() == [
+        f"bot> {replies['Hello']}",
+        "(history cleared)",
+        f"bot> {replies['How are you?']}",
+    ]
 
 
 def test_chat_in_a_pseudo_terminal(default_greedy):
@@ -171,8 +200,15 @@ def test_chat_ctrl_d_leaves():
 
 
 def test_init_convert_info_tokenize(tmp_path, tiny_reference):
-    out = run("convert", "--model", str(tiny_reference.path("pt_sharded")), "--output", str(tmp_path / "c"),
-              "--no-tokenizer", "--safetensors")
+    out = run(
+        "convert",
+        "--model",
+        str(tiny_reference.path("pt_sharded")),
+        "--output",
+        str(tmp_path / "c"),
+        "--no-tokenizer",
+        "--safetensors",
+    )
     assert out.returncode == 0, out.stderr
     assert sorted(os.listdir(tmp_path / "c")) == ["config.json", "model.safetensors", "tf_model.h5"]
     out = run("info", "--model", str(tmp_path / "c"), "--check")
@@ -197,14 +233,25 @@ def test_demo_end_to_end(tmp_path):
 
 def test_undecodable_input_is_a_clear_message():
     """Bytes that are not UTF-8: chat says so and goes on; generate exits 2 with one line."""
-    out = subprocess.run([sys.executable, "-m", "tfdialogpt", "chat", "--max-new-tokens", "4"],
-                         input=b"Hello\n\xff\xfe\nHello\n", capture_output=True, env=ENV, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "tfdialogpt", "chat", "--max-new-tokens", "4"],
+        input=b"Hello\n\xff\xfe\nHello\n",
+        capture_output=True,
+        env=ENV,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     lines = out.stdout.decode().splitlines()
     assert len(lines) == 3 and lines[0].startswith("bot> ") and lines[2].startswith("bot> ")
     assert lines[1].startswith("error: that line is not valid UTF-8 (byte 0xff at position 0)")
-    out = subprocess.run([sys.executable, "-m", "tfdialogpt", "generate", "--json", "-"],
-                         input=b'["Hi \xff"]', capture_output=True, env=ENV, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "tfdialogpt", "generate", "--json", "-"],
+        input=b'["Hi \xff"]',
+        capture_output=True,
+        env=ENV,
+        timeout=300,
+    )
     assert out.returncode == 2
     assert out.stderr.decode().strip() == (
-        "tfdialogpt generate: error: the --json input is not valid UTF-8 (byte 0xff at position 5)")
+        "tfdialogpt generate: error: the --json input is not valid UTF-8 (byte 0xff at position 5)"
+    )

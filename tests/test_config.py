@@ -26,7 +26,9 @@ def test_frozen():
         DialoGPTConfig().num_layers = 3
 
 
-@pytest.mark.parametrize("cfg", list(PRESETS.values()) + [DialoGPTConfig(hidden_size=64, num_heads=4, intermediate_size=100, pad_token_id=0)])
+@pytest.mark.parametrize(
+    "cfg", list(PRESETS.values()) + [DialoGPTConfig(hidden_size=64, num_heads=4, intermediate_size=100, pad_token_id=0)]
+)
 def test_json_round_trip(cfg, tmp_path):
     path = cfg.save(tmp_path)
     assert DialoGPTConfig.from_json_file(path) == cfg
@@ -45,11 +47,25 @@ def test_transformers_reads_our_config_and_we_read_theirs(tmp_path):
 
 def test_hub_style_config_json():
     """The keys of microsoft/DialoGPT-small's config.json (2020 spelling, with n_ctx)."""
-    data = {"activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1,
-            "bos_token_id": 50256, "embd_pdrop": 0.1, "eos_token_id": 50256, "initializer_range": 0.02,
-            "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "n_ctx": 1024, "n_embd": 768, "n_head": 12,
-            "n_layer": 12, "n_positions": 1024, "resid_pdrop": 0.1, "vocab_size": 50257,
-            "task_specific_params": {"conversational": {"max_length": 1000}}}
+    data = {
+        "activation_function": "gelu_new",
+        "architectures": ["GPT2LMHeadModel"],
+        "attn_pdrop": 0.1,
+        "bos_token_id": 50256,
+        "embd_pdrop": 0.1,
+        "eos_token_id": 50256,
+        "initializer_range": 0.02,
+        "layer_norm_epsilon": 1e-05,
+        "model_type": "gpt2",
+        "n_ctx": 1024,
+        "n_embd": 768,
+        "n_head": 12,
+        "n_layer": 12,
+        "n_positions": 1024,
+        "resid_pdrop": 0.1,
+        "vocab_size": 50257,
+        "task_specific_params": {"conversational": {"max_length": 1000}},
+    }
     assert DialoGPTConfig.from_hf_dict(data) == DialoGPTConfig.preset("small")
 
 
@@ -68,8 +84,12 @@ def test_invalid_values(change, message):
 
 @pytest.mark.parametrize(
     "key, value",
-    [("scale_attn_by_inverse_layer_idx", True), ("reorder_and_upcast_attn", True), ("activation_function", "relu"),
-     ("model_type", "bert")],
+    [
+        ("scale_attn_by_inverse_layer_idx", True),
+        ("reorder_and_upcast_attn", True),
+        ("activation_function", "relu"),
+        ("model_type", "bert"),
+    ],
 )
 def test_unsupported_hf_settings_are_refused(key, value):
     data = {**DialoGPTConfig().to_hf_dict(), key: value}

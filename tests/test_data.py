@@ -49,7 +49,8 @@ def test_tsv_malformed_lines_reported_by_number_and_nothing_else_lost(tmp_path):
     path = tmp_path / "train.tsv"
     path.write_text(TSV)
     found = read_tsv(path)
-    assert [(issue.line, issue.path) for issue in found.issues] == [(2, str(path)), (5, str(path)), (6, str(path)), (7, str(path))]
+    expected = [(2, str(path)), (5, str(path)), (6, str(path)), (7, str(path))]
+    assert [(issue.line, issue.path) for issue in found.issues] == expected
     assert "one TAB" in found.issues[0].message and "turn 2 is empty" in found.issues[2].message
     assert [d.source for d in found.dialogues] == [f"{path}:1", f"{path}:4", f"{path}:8"]
     assert found.dialogues[0].turns == ("hello", "hi", "how are you ?")
@@ -148,16 +149,18 @@ def test_oldest_turns_dropped_to_fit_max_seq_len():
 
 def _examples(lengths, seed=0):
     rng = np.random.default_rng(seed)
-    return [Example(rng.integers(0, EOS, n + 1).astype(np.int32), rng.random(n).astype(np.float32) + 0.5)
-            for n in lengths]
+    return [
+        Example(rng.integers(0, EOS, n + 1).astype(np.int32), rng.random(n).astype(np.float32) + 0.5) for n in lengths
+    ]
 
 
 def _rows(dataset):
     """Every real row of every batch as (input ids, labels, weights) tuples."""
     rows = []
     for inputs, labels, weights in dataset:
-        for ids, mask, lab, w in zip(inputs["input_ids"].numpy(), inputs["attention_mask"].numpy(),
-                                     labels.numpy(), weights.numpy(), strict=True):
+        for ids, mask, lab, w in zip(
+            inputs["input_ids"].numpy(), inputs["attention_mask"].numpy(), labels.numpy(), weights.numpy(), strict=True
+        ):
             n = int(mask.sum())
             if n:
                 rows.append((tuple(ids[:n]), tuple(lab[:n]), tuple(np.round(w[:n], 6))))

@@ -116,8 +116,15 @@ def test_int8_export_matches_the_int8_model(tmp_path):
     loaded = tf.saved_model.load(result.path)
     ids, mask = left_pad(PROMPTS)
     sequences, lengths = greedy_reference(quantized, PROMPTS, 10)
-    params = dict(max_new_tokens=np.int32(10), temperature=np.float32(1), top_k=np.int32(0), top_p=np.float32(1),
-                  repetition_penalty=np.float32(1), seed=np.int32(0), do_sample=np.bool_(False))
+    params = dict(
+        max_new_tokens=np.int32(10),
+        temperature=np.float32(1),
+        top_k=np.int32(0),
+        top_p=np.float32(1),
+        repetition_penalty=np.float32(1),
+        seed=np.int32(0),
+        do_sample=np.bool_(False),
+    )
     for name in ("generate", "generate_xla"):
         out = loaded.signatures[name](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)
         np.testing.assert_array_equal(out["sequences"].numpy(), sequences, err_msg=name)
@@ -131,7 +138,8 @@ FRESH_PROCESS = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
 
-    path, ids, mask, new = sys.argv[1], np.array(json.loads(sys.argv[2]), np.int32), np.array(json.loads(sys.argv[3]), np.int32), int(sys.argv[4])
+    path, new = sys.argv[1], int(sys.argv[4])
+    ids, mask = (np.array(json.loads(arg), np.int32) for arg in sys.argv[2:4])
     loaded = tf.saved_model.load(path)
     params = dict(max_new_tokens=np.int32(new), temperature=np.float32(1), top_k=np.int32(0), top_p=np.float32(1),
                   repetition_penalty=np.float32(1), seed=np.int32(0), do_sample=np.bool_(False))
@@ -140,10 +148,12 @@ FRESH_PROCESS = textwrap.dedent("""
         out = loaded.signatures[name](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)
         result[name] = [out["sequences"].numpy().tolist(), out["lengths"].numpy().tolist()]
     target = np.zeros_like(ids); target[:, -2:] = 1
-    result["score"] = loaded.signatures["score"](input_ids=tf.constant(ids), attention_mask=tf.constant(np.ones_like(ids)),
-                                                 target_mask=tf.constant(target))["log_probs"].numpy().tolist()
+    score = loaded.signatures["score"]
+    result["score"] = score(input_ids=tf.constant(ids), attention_mask=tf.constant(np.ones_like(ids)),
+                            target_mask=tf.constant(target))["log_probs"].numpy().tolist()
     try:
-        loaded.signatures["generate"](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **dict(params, top_p=np.float32(1.5)))
+        bad = dict(params, top_p=np.float32(1.5))
+        loaded.signatures["generate"](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **bad)
         result["bad_top_p"] = "accepted"
     except tf.errors.InvalidArgumentError as err:
         result["bad_top_p"] = err.message
@@ -160,7 +170,11 @@ def test_fresh_tensorflow_only_process_matches_model_generate(model, exported, t
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
         [sys.executable, str(script), exported.path, json.dumps(ids.tolist()), json.dumps(mask.tolist()), str(new)],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
@@ -182,8 +196,14 @@ def test_fresh_tensorflow_only_process_matches_model_generate(model, exported, t
 
 
 def test_warmup_requests_skip_buckets_that_do_not_fit():
-    limits = contract.Limits(vocab_size=257, max_positions=40, eos_token_id=EOS, pad_token_id=EOS,
-                             max_new_tokens_cap=8, warmup_prompt_lengths=(16, 32, 64))
+    limits = contract.Limits(
+        vocab_size=257,
+        max_positions=40,
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+        max_new_tokens_cap=8,
+        warmup_prompt_lengths=(16, 32, 64),
+    )
     logs = warmup_requests(limits, ["generate"])
     assert [to_ndarray(e.predict_log.request.inputs["input_ids"]).shape for e in logs] == [(1, 16), (1, 32)]
 

@@ -31,10 +31,15 @@ def hf_generate(pt_model, ids, mask, max_new_tokens, eos=EOS, **kwargs):
     import torch
 
     out = pt_model.generate(
-        torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
-        max_new_tokens=max_new_tokens, min_length=0, do_sample=False, pad_token_id=eos, eos_token_id=eos,
+        torch.tensor(ids, dtype=torch.long),
+        attention_mask=torch.tensor(mask, dtype=torch.long),
+        max_new_tokens=max_new_tokens,
+        min_length=0,
+        do_sample=False,
+        pad_token_id=eos,
+        eos_token_id=eos,
         **kwargs,
-    ).numpy()[:, ids.shape[1]:]
+    ).numpy()[:, ids.shape[1] :]
     return np.pad(out, ((0, 0), (0, max_new_tokens - out.shape[1])), constant_values=eos)
 
 
@@ -64,8 +69,13 @@ def lively(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 2}, {"num_beams": 3},
-     {"num_beams": 3, "length_penalty": 0.6, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3}],
+    [
+        {},
+        {"repetition_penalty": 1.3},
+        {"no_repeat_ngram_size": 2},
+        {"num_beams": 3},
+        {"num_beams": 3, "length_penalty": 0.6, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3},
+    ],
     ids=["greedy", "repetition_penalty", "no_repeat_ngram", "beam", "beam_processors"],
 )
 def test_matches_hf_on_tiny_reference(tiny_reference, tiny_model, options):
@@ -77,8 +87,15 @@ def test_matches_hf_on_tiny_reference(tiny_reference, tiny_model, options):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"repetition_penalty": 1.4}, {"no_repeat_ngram_size": 2}, {"min_new_tokens": 6}, {"num_beams": 4},
-     {"num_beams": 3, "length_penalty": 2.0, "no_repeat_ngram_size": 2}, {"num_beams": 2, "length_penalty": -1.0}],
+    [
+        {},
+        {"repetition_penalty": 1.4},
+        {"no_repeat_ngram_size": 2},
+        {"min_new_tokens": 6},
+        {"num_beams": 4},
+        {"num_beams": 3, "length_penalty": 2.0, "no_repeat_ngram_size": 2},
+        {"num_beams": 2, "length_penalty": -1.0},
+    ],
     ids=["greedy", "repetition_penalty", "no_repeat_ngram", "min_new_tokens", "beam", "beam_long", "beam_short"],
 )
 def test_matches_hf_with_rows_ending_at_different_steps(lively, options):
@@ -98,8 +115,9 @@ def test_matches_hf_with_rows_ending_at_different_steps(lively, options):
         assert produced[0] == 4 and produced.max() > 4  # rows really did end at different steps
 
 
-@pytest.mark.parametrize("options", [{}, {"repetition_penalty": 1.4, "no_repeat_ngram_size": 2}],
-                         ids=["greedy", "processors"])
+@pytest.mark.parametrize(
+    "options", [{}, {"repetition_penalty": 1.4, "no_repeat_ngram_size": 2}], ids=["greedy", "processors"]
+)
 def test_matches_hf_at_batch_one(lively, options):
     """Batch 1 decodes through its own matmul form under XLA (`layers.one_row_matmul`)."""
     pt, model = lively
@@ -129,12 +147,15 @@ def test_matches_hf_on_small_shape(small_reference):
     ids[1, -10] = 50256
     for options in ({}, {"num_beams": 3}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3}):
         ours = model.generate(ids, attention_mask=mask, max_new_tokens=12, **options)
-        np.testing.assert_array_equal(ours.sequences.numpy(), hf_generate(small_reference.pt, ids, mask, 12,
-                                                                          eos=50256, **options))
+        np.testing.assert_array_equal(
+            ours.sequences.numpy(), hf_generate(small_reference.pt, ids, mask, 12, eos=50256, **options)
+        )
     # Batch 1 (the longest history alone) decodes through `layers.one_row_matmul`.
     one = ids[2:3]
     ours = model.generate(one, max_new_tokens=12)
-    np.testing.assert_array_equal(ours.sequences.numpy(), hf_generate(small_reference.pt, one, mask[2:3], 12, eos=50256))
+    np.testing.assert_array_equal(
+        ours.sequences.numpy(), hf_generate(small_reference.pt, one, mask[2:3], 12, eos=50256)
+    )
 
 
 # ---- the compiled loop against the plain model ----------------------------------------------------
@@ -151,7 +172,7 @@ def test_cached_xla_greedy_equals_uncached_argmax_loop(lively):
         token = logits.argmax(-1).astype(np.int32)
         seq = np.concatenate([seq, token[:, None]], axis=1)
         seq_mask = np.concatenate([seq_mask, np.ones_like(token)[:, None]], axis=1)
-    np.testing.assert_array_equal(ours, seq[:, ids.shape[1]:])
+    np.testing.assert_array_equal(ours, seq[:, ids.shape[1] :])
 
 
 def test_without_xla_gives_the_same_tokens(lively):
@@ -232,8 +253,17 @@ def test_loop_stops_rows_at_their_eos_and_pads_after():
     steps[3, 1, eos] = 2.0  # ... row 1 at step 3
     first, cache, next_fn = fixed_logits_fn(steps)
     prompt = tf.constant([[eos, 1], [1, eos]])  # EOS in the prompt does not count
-    seqs, lengths = decode(next_fn, first, cache, prompt, tf.ones_like(prompt), SamplingParams(max_new_tokens=4),
-                           max_new_tokens=8, eos_token_id=eos, pad_token_id=pad)
+    seqs, lengths = decode(
+        next_fn,
+        first,
+        cache,
+        prompt,
+        tf.ones_like(prompt),
+        SamplingParams(max_new_tokens=4),
+        max_new_tokens=8,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
     assert seqs.numpy().tolist() == [[2, eos, 0, 0, 0, 0, 0, 0], [2, 2, 2, eos, 0, 0, 0, 0]]
     assert lengths.numpy().tolist() == [2, 4]
 
@@ -256,8 +286,17 @@ def test_loop_ends_early_once_every_row_has_ended():
 
         @tf.function(jit_compile=True)
         def run():
-            return decode(next_fn, first, cache, tf.constant([[1]]), tf.constant([[1]]),
-                          SamplingParams(max_new_tokens=8), max_new_tokens=8, eos_token_id=eos, pad_token_id=0)
+            return decode(
+                next_fn,
+                first,
+                cache,
+                tf.constant([[1]]),
+                tf.constant([[1]]),
+                SamplingParams(max_new_tokens=8),
+                max_new_tokens=8,
+                eos_token_id=eos,
+                pad_token_id=0,
+            )
 
         seqs, lengths = run()
         return int(counter.numpy()), [seqs.numpy().tolist(), lengths.numpy().tolist()]
@@ -280,9 +319,20 @@ def test_sampling_only_draws_tokens_allowed_by_top_k_and_top_p():
 
     def sample(**controls):
         params = SamplingParams(max_new_tokens=T, do_sample=True, **controls)
-        seqs, _ = tf.function(lambda: decode(next_fn, first, cache, prompt, tf.ones_like(prompt), params,
-                                             max_new_tokens=T, eos_token_id=V - 1, pad_token_id=0),
-                              jit_compile=True)()
+        seqs, _ = tf.function(
+            lambda: decode(
+                next_fn,
+                first,
+                cache,
+                prompt,
+                tf.ones_like(prompt),
+                params,
+                max_new_tokens=T,
+                eos_token_id=V - 1,
+                pad_token_id=0,
+            ),
+            jit_compile=True,
+        )()
         return seqs.numpy()
 
     top_k = sample(top_k=3, seed=1)

@@ -139,9 +139,17 @@ def test_dict_inputs_as_fit_feeds_them(tiny_model):
 
 def test_layer_names_follow_the_checkpoint(tiny_model):
     paths = {v.path for v in tiny_model.weights}
-    for expected in ("wte/embeddings", "wpe/embeddings", "h_0/ln_1/gamma", "h_0/attn/c_attn/weight",
-                     "h_1/attn/c_proj/bias", "h_1/ln_2/beta", "h_1/mlp/c_fc/weight",
-                     "h_0/mlp/c_proj/weight", "ln_f/gamma"):
+    for expected in (
+        "wte/embeddings",
+        "wpe/embeddings",
+        "h_0/ln_1/gamma",
+        "h_0/attn/c_attn/weight",
+        "h_1/attn/c_proj/bias",
+        "h_1/ln_2/beta",
+        "h_1/mlp/c_fc/weight",
+        "h_0/mlp/c_proj/weight",
+        "ln_f/gamma",
+    ):
         assert expected in paths
     assert len(tiny_model.weights) == 4 + 12 * TINY.num_layers
     assert sum(int(np.prod(v.shape)) for v in tiny_model.weights) == TINY.num_parameters

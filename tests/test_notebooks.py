@@ -58,14 +58,16 @@ def test_kernelspec_runs_this_interpreter():
 def run_notebook(name: str, workdir: Path) -> nbformat.NotebookNode:
     """Executes `notebooks/<name>` in `workdir`; its temporary files go to `workdir/tmp`."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    assert not any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), \
+    assert not any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), (
         f"{name} is committed with outputs; clear them"
+    )
     temp = workdir / "tmp"
     temp.mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TMPDIR", str(temp))  # read by the kernel's `tempfile`
-        client = NotebookClient(nb, kernel_name=KERNEL_NAME, timeout=CELL_TIMEOUT,
-                                resources={"metadata": {"path": str(workdir)}})
+        client = NotebookClient(
+            nb, kernel_name=KERNEL_NAME, timeout=CELL_TIMEOUT, resources={"metadata": {"path": str(workdir)}}
+        )
         try:
             client.execute()
         finally:

@@ -89,15 +89,16 @@ def test_quantized_generation_agrees_with_itself(float_and_int8):
     _, quantized = float_and_int8
     ids, mask = padded_batch(np.random.default_rng(1), TINY.vocab_size - 1, [5, 11, 8], side="left")
     xla = quantized.generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8).sequences.numpy()
-    plain = quantized.generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8,
-                               jit_compile=False).sequences.numpy()
+    plain = quantized.generate(
+        ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, jit_compile=False
+    ).sequences.numpy()
     np.testing.assert_array_equal(xla, plain)
     # The cached loop equals argmax over full uncached passes of the quantized model.
     seq, seq_mask = ids, mask
     for step in range(8):
         logits = quantized(seq, attention_mask=seq_mask).numpy()[:, -1]
         np.testing.assert_array_equal(logits.argmax(-1), xla[:, step])
-        seq = np.concatenate([seq, xla[:, step:step + 1]], axis=1)
+        seq = np.concatenate([seq, xla[:, step : step + 1]], axis=1)
         seq_mask = np.concatenate([seq_mask, np.ones_like(seq_mask[:, :1])], axis=1)
 
 

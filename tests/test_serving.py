@@ -54,7 +54,12 @@ def test_client_import_does_not_start_tensorflow():
 def test_tensor_protos_round_trip_and_match_tensorflow():
     import tensorflow as tf
 
-    for array in (np.arange(6, dtype=np.int32).reshape(2, 3), np.float32(0.5), np.int64(-7), np.zeros((0, 4), np.int32)):
+    for array in (
+        np.arange(6, dtype=np.int32).reshape(2, 3),
+        np.float32(0.5),
+        np.int64(-7),
+        np.zeros((0, 4), np.int32),
+    ):
         proto = to_tensor_proto(array)
         np.testing.assert_array_equal(tf.make_ndarray(proto), array)
         back = to_ndarray(tf.make_tensor_proto(array))
@@ -77,21 +82,45 @@ def _generate_inputs(**changes):
 
 # (what is wrong, the inputs, a piece of the expected message) for the contract's checks.
 BAD_INPUTS = [
-    ("missing input", lambda i: {k: v for k, v in i.items() if k != "attention_mask"}, "missing input 'attention_mask'"),
+    (
+        "missing input",
+        lambda i: {k: v for k, v in i.items() if k != "attention_mask"},
+        "missing input 'attention_mask'",
+    ),
     ("unexpected input", lambda i: {**i, "beam": np.int32(2)}, "unexpected input 'beam'"),
-    ("wrong dtype", lambda i: {**i, "input_ids": i["input_ids"].astype(np.float32)}, "has dtype DT_FLOAT; signature 'generate' expects DT_INT32"),
+    (
+        "wrong dtype",
+        lambda i: {**i, "input_ids": i["input_ids"].astype(np.float32)},
+        "has dtype DT_FLOAT; signature 'generate' expects DT_INT32",
+    ),
     ("wrong rank", lambda i: {**i, "input_ids": i["input_ids"][0]}, "input 'input_ids' has shape [4]"),
     ("scalar as vector", lambda i: {**i, "top_k": np.array([1, 2], np.int32)}, "input 'top_k' has shape [2]"),
     ("mask shape", lambda i: {**i, "attention_mask": np.ones((1, 3), np.int32)}, "must equal input_ids' shape [1, 4]"),
-    ("id out of vocab", lambda i: {**i, "input_ids": np.array([[1, 2, 3, 257]], np.int32)}, "input_ids[0, 3] = 257 is out of range"),
+    (
+        "id out of vocab",
+        lambda i: {**i, "input_ids": np.array([[1, 2, 3, 257]], np.int32)},
+        "input_ids[0, 3] = 257 is out of range",
+    ),
     ("right padding", lambda i: {**i, "attention_mask": np.array([[1, 1, 1, 0]], np.int32)}, "must be left-padded"),
     ("mask values", lambda i: {**i, "attention_mask": np.array([[0, 2, 1, 1]], np.int32)}, "masks hold only 0 and 1"),
-    ("max_new_tokens 0", lambda i: {**i, "max_new_tokens": np.int32(0)}, "max_new_tokens=0 is out of range; expected a value in [1, 16]"),
-    ("max_new_tokens over cap", lambda i: {**i, "max_new_tokens": np.int32(CAP + 1)}, "max_new_tokens=17 is out of range"),
+    (
+        "max_new_tokens 0",
+        lambda i: {**i, "max_new_tokens": np.int32(0)},
+        "max_new_tokens=0 is out of range; expected a value in [1, 16]",
+    ),
+    (
+        "max_new_tokens over cap",
+        lambda i: {**i, "max_new_tokens": np.int32(CAP + 1)},
+        "max_new_tokens=17 is out of range",
+    ),
     ("temperature", lambda i: {**i, "temperature": np.float32(-1)}, "temperature=-1 is out of range"),
     ("top_p", lambda i: {**i, "top_p": np.float32(1.5)}, "top_p=1.5 is out of range; expected a value in (0, 1]"),
     ("top_k", lambda i: {**i, "top_k": np.int32(300)}, "top_k=300 is out of range"),
-    ("repetition_penalty", lambda i: {**i, "repetition_penalty": np.float32(0)}, "repetition_penalty=0 is out of range"),
+    (
+        "repetition_penalty",
+        lambda i: {**i, "repetition_penalty": np.float32(0)},
+        "repetition_penalty=0 is out of range",
+    ),
     ("nan", lambda i: {**i, "temperature": np.float32("nan")}, "temperature=nan is out of range"),
 ]
 
@@ -199,7 +228,15 @@ def stub(server):
 
 
 def _client(server, tokenizer=None, **kwargs) -> Client:
-    return Client(server.target, MODEL_NAME, tokenizer=tokenizer, timeout=RPC_TIMEOUT, max_positions=96, eos_token_id=EOS, **kwargs)
+    return Client(
+        server.target,
+        MODEL_NAME,
+        tokenizer=tokenizer,
+        timeout=RPC_TIMEOUT,
+        max_positions=96,
+        eos_token_id=EOS,
+        **kwargs,
+    )
 
 
 PROMPTS = [[5, 9, 33, 71, EOS], [120, EOS, 7, 8, 200, 14, 3, EOS], [42, EOS], [66, 67, 68, EOS], [1, EOS, 2, EOS]]
@@ -211,7 +248,11 @@ def _request(ids, mask, signature="generate", max_new_tokens=10, name=MODEL_NAME
     request = apis().predict_pb2.PredictRequest()
     request.model_spec.name = name
     request.model_spec.signature_name = signature
-    values = {"input_ids": ids, "attention_mask": mask, **{p.name: np.asarray(p.default, p.spec.np_dtype) for p in contract.PARAMETERS.values()}}
+    values = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        **{p.name: np.asarray(p.default, p.spec.np_dtype) for p in contract.PARAMETERS.values()},
+    }
     values["max_new_tokens"] = np.int32(max_new_tokens)
     values.update(changes)
     for key, value in values.items():
@@ -225,7 +266,11 @@ def test_official_stub_reply_equals_in_process_generate(server, stub, models):
 
     ids, mask = bucket_pad(PROMPTS[:3], 10)
     response = stub.Predict(_request(ids, mask), timeout=RPC_TIMEOUT)
-    assert (response.model_spec.name, response.model_spec.signature_name, response.model_spec.version.value) == (MODEL_NAME, "generate", 1)
+    assert (response.model_spec.name, response.model_spec.signature_name, response.model_spec.version.value) == (
+        MODEL_NAME,
+        "generate",
+        1,
+    )
     sequences, lengths = greedy_reference(models[1], PROMPTS[:3], 10)
     np.testing.assert_array_equal(tf.make_ndarray(response.outputs["sequences"]), sequences)
     np.testing.assert_array_equal(tf.make_ndarray(response.outputs["lengths"]), lengths)
@@ -285,8 +330,9 @@ def test_mmi_against_a_served_reverse_model(server, models, tokenizer):
     source = [66, 67, EOS]
     with _client(server, tokenizer) as client:
         served, local = MMI(client, num_candidates=3), MMI(models[1], num_candidates=3)
-        np.testing.assert_allclose(served.scores(source, candidates, EOS), local.scores(source, candidates, EOS),
-                                   rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(
+            served.scores(source, candidates, EOS), local.scores(source, candidates, EOS), rtol=1e-5, atol=1e-4
+        )
         assert served.pick(served.scores(source, candidates, EOS)) == local.pick(local.scores(source, candidates, EOS))
 
 
@@ -309,7 +355,10 @@ def test_eight_concurrent_clients_get_the_single_client_answers(server):
 
     def worker(offset):
         with _client(server) as client:  # one channel per client, as separate processes would
-            return [(i, client.generate([prompts[i]], max_new_tokens=10).sequences[0].tolist()) for i in range(offset, 16, 8)]
+            return [
+                (i, client.generate([prompts[i]], max_new_tokens=10).sequences[0].tolist())
+                for i in range(offset, 16, 8)
+            ]
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = [pair for chunk in pool.map(worker, range(8), timeout=120) for pair in chunk]
@@ -321,13 +370,33 @@ def test_eight_concurrent_clients_get_the_single_client_answers(server):
 BAD_REQUESTS = [
     # (case, request changes, status, a piece of the message)
     ("unknown model", dict(name="nope"), grpc.StatusCode.NOT_FOUND, "model 'nope' not found"),
-    ("unknown signature", dict(signature="beam_search"), grpc.StatusCode.INVALID_ARGUMENT, "signature 'beam_search' not found"),
+    (
+        "unknown signature",
+        dict(signature="beam_search"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "signature 'beam_search' not found",
+    ),
     ("missing input", dict(attention_mask=None), grpc.StatusCode.INVALID_ARGUMENT, "missing input 'attention_mask'"),
-    ("wrong dtype", dict(temperature=np.float64(0)), grpc.StatusCode.INVALID_ARGUMENT, "'temperature' has dtype DT_DOUBLE"),
+    (
+        "wrong dtype",
+        dict(temperature=np.float64(0)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "'temperature' has dtype DT_DOUBLE",
+    ),
     ("wrong shape", dict(top_k=np.zeros(3, np.int32)), grpc.StatusCode.INVALID_ARGUMENT, "input 'top_k' has shape [3]"),
-    ("max_new_tokens", dict(max_new_tokens=CAP + 5), grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens=21 is out of range"),
+    (
+        "max_new_tokens",
+        dict(max_new_tokens=CAP + 5),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "max_new_tokens=21 is out of range",
+    ),
     ("top_p", dict(top_p=np.float32(0)), grpc.StatusCode.INVALID_ARGUMENT, "top_p=0 is out of range"),
-    ("token id", dict(input_ids=np.full((1, 4), 999, np.int32)), grpc.StatusCode.INVALID_ARGUMENT, "= 999 is out of range"),
+    (
+        "token id",
+        dict(input_ids=np.full((1, 4), 999, np.int32)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "= 999 is out of range",
+    ),
 ]
 
 
@@ -466,5 +535,11 @@ def test_deployment_configs_parse():
     assert read_batching_parameters(os.path.join(root, "batching_parameters.txt"))["max_batch_size"] == 8
     with open(os.path.join(root, "docker-compose.yml")) as f:
         compose = f.read()
-    for flag in ("--xla_cpu_compilation_enabled=true", "--model_config_file=", "--monitoring_config_file=", '"8500:8500"', '"8501:8501"'):
+    for flag in (
+        "--xla_cpu_compilation_enabled=true",
+        "--model_config_file=",
+        "--monitoring_config_file=",
+        '"8500:8500"',
+        '"8501:8501"',
+    ):
         assert flag in compose

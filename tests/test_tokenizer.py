@@ -357,19 +357,13 @@ def test_encode_dialogue_drops_oldest_whole_turns(tokenizer):
     full = tokenizer.encode_dialogue(turns)
     assert tokenizer.encode_dialogue(turns, max_length=len(full)) == full
     # One token short: the first turn goes, nothing is cut.
-    assert tokenizer.encode_dialogue(turns, max_length=len(full) - 1) == (
-        tokenizer.encode_dialogue(turns[1:])
-    )
+    assert tokenizer.encode_dialogue(turns, max_length=len(full) - 1) == (tokenizer.encode_dialogue(turns[1:]))
     # Room for the first turn and the last two but not the long second one: only a suffix
     # of the history is kept, so the first turn goes too.
     budget = lengths[0] + lengths[2] + lengths[3]
     assert budget < sum(lengths[1:])
-    assert tokenizer.encode_dialogue(turns, max_length=budget) == tokenizer.encode_dialogue(
-        turns[2:]
-    )
-    assert tokenizer.encode_dialogue(turns, max_length=lengths[3]) == tokenizer.encode_dialogue(
-        turns[3:]
-    )
+    assert tokenizer.encode_dialogue(turns, max_length=budget) == tokenizer.encode_dialogue(turns[2:])
+    assert tokenizer.encode_dialogue(turns, max_length=lengths[3]) == tokenizer.encode_dialogue(turns[3:])
 
 
 def test_encode_dialogue_newest_turn_too_long(tokenizer):
@@ -459,9 +453,7 @@ def test_save_pretrained_round_trip_with_transformers(tokenizer, tmp_path, corpu
 def test_from_pretrained_reads_tokenizer_json_alone(tokenizer, tmp_path):
     transformers = pytest.importorskip("transformers")
     tokenizer.save_pretrained(tmp_path / "slow")
-    transformers.GPT2TokenizerFast.from_pretrained(tmp_path / "slow").save_pretrained(
-        tmp_path / "fast"
-    )
+    transformers.GPT2TokenizerFast.from_pretrained(tmp_path / "slow").save_pretrained(tmp_path / "fast")
     only_json = tmp_path / "only-json"
     only_json.mkdir()
     shutil.copy(tmp_path / "fast" / "tokenizer.json", only_json)
@@ -507,14 +499,10 @@ def hub_offline(monkeypatch):
 
 
 def test_hub_id_from_offline_cache(gpt2_dir, tmp_path, hub_offline):
-    cache = _fake_hub_cache(
-        tmp_path, gpt2_dir, "microsoft/DialoGPT-small", ["vocab.json", "merges.txt"]
-    )
+    cache = _fake_hub_cache(tmp_path, gpt2_dir, "microsoft/DialoGPT-small", ["vocab.json", "merges.txt"])
     loaded = Tokenizer.from_pretrained("microsoft/DialoGPT-small", cache_dir=cache)
     assert loaded.encode("Hello world") == [15496, 995] and loaded.eos_token_id == EOS
-    by_commit = Tokenizer.from_pretrained(
-        "microsoft/DialoGPT-small", cache_dir=cache, revision=COMMIT
-    )
+    by_commit = Tokenizer.from_pretrained("microsoft/DialoGPT-small", cache_dir=cache, revision=COMMIT)
     assert by_commit.encode("Hello world") == [15496, 995]
 
 
@@ -558,9 +546,7 @@ def _env_with_repo_on_path(**extra: str) -> dict[str, str]:
 
 def test_hf_hub_offline_environment_variable(gpt2_dir, tmp_path):
     """`HF_HUB_OFFLINE=1` set before import is honoured (checked in a fresh process)."""
-    cache = _fake_hub_cache(
-        tmp_path, gpt2_dir, "microsoft/DialoGPT-small", ["vocab.json", "merges.txt"]
-    )
+    cache = _fake_hub_cache(tmp_path, gpt2_dir, "microsoft/DialoGPT-small", ["vocab.json", "merges.txt"])
     program = f"""
 from tfdialogpt.tokenizer import Tokenizer, TokenizerError
 tokenizer = Tokenizer.from_pretrained("microsoft/DialoGPT-small", cache_dir={str(cache)!r})
@@ -592,9 +578,7 @@ def test_unreachable_hub_is_reported(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     with pytest.raises(TokenizerError, match="vocab.json.*unreachable"):
-        Tokenizer.from_pretrained(
-            "microsoft/DialoGPT-small", cache_dir=tmp_path, local_files_only=False
-        )
+        Tokenizer.from_pretrained("microsoft/DialoGPT-small", cache_dir=tmp_path, local_files_only=False)
 
 
 # One meaning of `local_files_only` (tfdialogpt.hub), the same as for checkpoints.

@@ -49,9 +49,18 @@ def tokenizer(tmp_path_factory):
 
 def tiny_config(tokenizer) -> DialoGPTConfig:
     eos = tokenizer.eos_token_id
-    return DialoGPTConfig(vocab_size=tokenizer.vocab_size, max_positions=64, hidden_size=32, num_layers=2,
-                          num_heads=4, embedding_dropout=0.0, attention_dropout=0.0, residual_dropout=0.0,
-                          bos_token_id=eos, eos_token_id=eos)
+    return DialoGPTConfig(
+        vocab_size=tokenizer.vocab_size,
+        max_positions=64,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        embedding_dropout=0.0,
+        attention_dropout=0.0,
+        residual_dropout=0.0,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +127,9 @@ def test_training_step_loss_equals_hf_pytorch_with_turn_weights(tiny_reference, 
     full, full_mask, hf_labels = _hf_inputs(inputs, labels, sample_weight)
     assert (hf_labels != -100).sum() == int(sample_weight.numpy().sum())  # 0/1 weights here
     with torch.no_grad():
-        out = tiny_reference.pt(torch.tensor(full), attention_mask=torch.tensor(full_mask),
-                                labels=torch.tensor(hf_labels))
+        out = tiny_reference.pt(
+            torch.tensor(full), attention_mask=torch.tensor(full_mask), labels=torch.tensor(hf_labels)
+        )
     assert abs(logs["loss"] - out.loss.item()) < 1e-4
     assert abs(logs["perplexity"] - math.exp(out.loss.item())) < 1e-3 * logs["perplexity"]
     # the step changed the weights
@@ -138,8 +148,11 @@ def test_fractional_turn_weights_give_the_weighted_mean(tiny_reference):
     full, full_mask, _ = _hf_inputs(inputs, labels, sample_weight)
     with torch.no_grad():
         logits = tiny_reference.pt(torch.tensor(full), attention_mask=torch.tensor(full_mask)).logits[:, :-1]
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                           torch.tensor(labels.numpy(), dtype=torch.long).reshape(-1), reduction="none")
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        torch.tensor(labels.numpy(), dtype=torch.long).reshape(-1),
+        reduction="none",
+    )
     w = torch.tensor(sample_weight.numpy()).reshape(-1)
     assert abs(ours - float((ce * w).sum() / w.sum())) < 1e-5
 
@@ -181,8 +194,12 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model_dir):
     rng = np.random.default_rng(0)
     examples = [Example(rng.integers(0, 200, 9).astype(np.int32), np.ones(8, np.float32)) for _ in range(4)]
     big = next(iter(DialogueBatches(examples, 4, 0).eval_dataset()))
-    halves = [tuple(part[i * 2:(i + 1) * 2] if not isinstance(part, dict) else {k: v[i * 2:(i + 1) * 2] for k, v in part.items()}
-                    for part in big) for i in range(2)]
+
+    def half(part, i):
+        rows = slice(i * 2, (i + 1) * 2)
+        return {k: v[rows] for k, v in part.items()} if isinstance(part, dict) else part[rows]
+
+    halves = [tuple(half(part, i) for part in big) for i in range(2)]
     results = []
     for accumulation, batches in ((1, [big]), (2, halves)):
         model = DialoGPT.from_pretrained(tiny_model_dir)
@@ -227,8 +244,20 @@ def test_finetune_memorises_and_greedy_generation_reproduces_a_reply(tiny_model_
     lines.insert(2, '{"turns": "not a list"}')  # line 3: reported, skipped
     train.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    result = finetune(str(tiny_model_dir), train, valid=valid, output_dir=out, epochs=12, batch_size=4,
-                      learning_rate=1e-2, warmup_steps=5, seed=0, verbose=0, tensorboard=True, jit_compile=False)
+    result = finetune(
+        str(tiny_model_dir),
+        train,
+        valid=valid,
+        output_dir=out,
+        epochs=12,
+        batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=5,
+        seed=0,
+        verbose=0,
+        tensorboard=True,
+        jit_compile=False,
+    )
     assert [issue.line for issue in result.train_issues] == [3]
     loss = result.history["loss"]
     assert len(loss) == 12 and loss[-1] < 0.1 * loss[0]
@@ -243,7 +272,7 @@ def test_finetune_memorises_and_greedy_generation_reproduces_a_reply(tiny_model_
     assert any((out / "logs").rglob("*tfevents*"))
     assert not (out / "backup").exists()
     report = json.loads((out / "training_report.json").read_text())
-    assert report["malformed_lines"]["train"] == [f"{train}:3: expected \"turns\": a list of at least 2 strings"]
+    assert report["malformed_lines"]["train"] == [f'{train}:3: expected "turns": a list of at least 2 strings']
     ids = np.array([[5, 6, 7, 8]], np.int32)
     reloaded = DialoGPT.from_pretrained(out)
     np.testing.assert_allclose(reloaded(ids).numpy(), result.model(ids).numpy(), atol=1e-5)
@@ -302,8 +331,15 @@ with open(job["report"], "w") as f:
 
 def _job(tmp_path, name, tiny_model_dir, train, settings, **extra):
     out = tmp_path / name
-    job = {"model": str(tiny_model_dir), "train": str(train), "output": str(out), "settings": settings,
-           "weights": str(tmp_path / f"{name}.npz"), "report": str(tmp_path / f"{name}.json"), **extra}
+    job = {
+        "model": str(tiny_model_dir),
+        "train": str(train),
+        "output": str(out),
+        "settings": settings,
+        "weights": str(tmp_path / f"{name}.npz"),
+        "report": str(tmp_path / f"{name}.json"),
+        **extra,
+    }
     return job
 
 
@@ -311,8 +347,13 @@ def _launch(tmp_path, job):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    return subprocess.Popen([sys.executable, str(script), json.dumps(job)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), json.dumps(job)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(process, timeout=240):
@@ -331,8 +372,14 @@ def test_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_model_dir, tmp_pa
     train = tmp_path / "train.tsv"
     rows = [f"{d[0]}\t{d[1]}" for d in DIALOGUES[:3]] + ["Hello EOS Hi there!\tHow are you?"]
     train.write_text("\n".join(rows * 3) + "\n")  # 12 dialogues, batch 2: 6+ batches an epoch
-    settings = {"epochs": 2, "batch_size": 2, "learning_rate": 3e-3, "seed": 5, "checkpoint_every": 2,
-                "jit_compile": False}
+    settings = {
+        "epochs": 2,
+        "batch_size": 2,
+        "learning_rate": 3e-3,
+        "seed": 5,
+        "checkpoint_every": 2,
+        "jit_compile": False,
+    }
 
     straight = _launch(tmp_path, _job(tmp_path, "straight", tiny_model_dir, train, settings))
     _finish(straight)
@@ -389,13 +436,20 @@ def test_two_local_workers_train_like_one_process(tiny_model_dir, tmp_path):
     train.write_text("".join(json.dumps({"turns": turns}) + "\n" for turns in dialogues))
     # No clipping: under tf.distribute Keras clips each replica's gradient by its own norm
     # before summing them, which a one-process run cannot reproduce.
-    settings = {"epochs": 2, "batch_size": 4, "learning_rate": 3e-3, "seed": 1, "jit_compile": False,
-                "clip_norm": None}
+    settings = {"epochs": 2, "batch_size": 4, "learning_rate": 3e-3, "seed": 1, "jit_compile": False, "clip_norm": None}
 
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    jobs = [_job(tmp_path, f"worker{i}", tiny_model_dir, train, settings,
-                 tf_config={"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
-            for i in range(2)]
+    jobs = [
+        _job(
+            tmp_path,
+            f"worker{i}",
+            tiny_model_dir,
+            train,
+            settings,
+            tf_config={"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}},
+        )
+        for i in range(2)
+    ]
     processes = [_launch(tmp_path, job) for job in jobs]
     single = _launch(tmp_path, _job(tmp_path, "single", tiny_model_dir, train, settings))
     for process in processes + [single]:

@@ -57,9 +57,7 @@ def bytes_to_unicode() -> dict[int, str]:
         'Ġ'
     """
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     byte_values = printable[:]
     code_points = printable[:]
@@ -102,9 +100,7 @@ def parse_tiktoken_bpe(text: str) -> dict[bytes, int]:
             continue
         fields = line.split()
         if len(fields) != 2:
-            raise VocabBuildError(
-                f"line {line_number}: expected `base64 rank`, found {line[:80]!r}"
-            )
+            raise VocabBuildError(f"line {line_number}: expected `base64 rank`, found {line[:80]!r}")
         try:
             token = base64.b64decode(fields[0], validate=True)
             rank = int(fields[1])
@@ -117,9 +113,7 @@ def parse_tiktoken_bpe(text: str) -> dict[bytes, int]:
     return ranks
 
 
-def read_tiktoken_ranks_from_sdist(
-    sdist_path: str | Path, member: str = TIKTOKEN_MEMBER
-) -> dict[bytes, int]:
+def read_tiktoken_ranks_from_sdist(sdist_path: str | Path, member: str = TIKTOKEN_MEMBER) -> dict[bytes, int]:
     """Read the BPE ranks out of an `openai-whisper` sdist without installing it.
 
     Args:
@@ -179,8 +173,7 @@ def recover_merges(ranks: Mapping[bytes, int]) -> list[tuple[bytes, bytes]]:
         parts = _bpe_split(token, ranks, max_rank=rank)
         if len(parts) != 2:
             raise VocabBuildError(
-                f"token {token!r} (rank {rank}) splits into {len(parts)} parts with the "
-                "lower ranks; expected 2"
+                f"token {token!r} (rank {rank}) splits into {len(parts)} parts with the lower ranks; expected 2"
             )
         merges.append((parts[0], parts[1]))
     return merges
@@ -218,10 +211,7 @@ def vocab_and_merges_from_ranks(
     ids = sorted(vocab.values())
     if ids != list(range(len(vocab))):
         raise VocabBuildError(f"ids are not 0..{len(vocab) - 1} without gaps or repeats")
-    merges = [
-        (token_bytes_to_str(left), token_bytes_to_str(right))
-        for left, right in recover_merges(ranks)
-    ]
+    merges = [(token_bytes_to_str(left), token_bytes_to_str(right)) for left, right in recover_merges(ranks)]
     return dict(sorted(vocab.items(), key=lambda item: item[1])), merges
 
 
@@ -265,9 +255,7 @@ def check_gpt2_sizes(vocab: Mapping[str, int], merges: list[tuple[str, str]]) ->
         raise VocabBuildError(f"{ENDOFTEXT} has id {vocab.get(ENDOFTEXT)}; expected {GPT2_EOS_ID}")
 
 
-def build_gpt2_vocab_from_sdist(
-    sdist_path: str | Path, output_dir: str | Path
-) -> tuple[Path, Path]:
+def build_gpt2_vocab_from_sdist(sdist_path: str | Path, output_dir: str | Path) -> tuple[Path, Path]:
     """Write GPT-2's `vocab.json` and `merges.txt` from an `openai-whisper` sdist.
 
     Args:

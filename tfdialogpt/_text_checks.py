@@ -27,9 +27,7 @@ def check_ids(ids: Iterable[int] | np.ndarray, vocab_size: int, name: str) -> li
         ids = list(ids)
         for position, token in enumerate(ids):
             if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
-                raise TypeError(
-                    f"{name}[{position}] is a {type(token).__name__}; expected an int id"
-                )
+                raise TypeError(f"{name}[{position}] is a {type(token).__name__}; expected an int id")
         ids = [int(token) for token in ids]
     for position, token in enumerate(ids):
         if not 0 <= token < vocab_size:

@@ -43,8 +43,9 @@ class LocalBackend:
     def generate_ids(self, histories, **settings):
         ids, mask = padding.left_pad(histories, self.eos_token_id)  # every row ends at one column
         # The chat's settings, whole: not on top of the model's own generation_config.
-        out = self.model.generate(ids, attention_mask=mask, config=GenerationConfig(), jit_compile=self.jit_compile,
-                                  **settings)
+        out = self.model.generate(
+            ids, attention_mask=mask, config=GenerationConfig(), jit_compile=self.jit_compile, **settings
+        )
         return out.token_lists(self.eos_token_id)
 
     def score_ids(self, contexts, replies):
@@ -124,9 +125,17 @@ class Chat:
         >>> chat.reply("Does money buy happiness?")  # doctest: +SKIP
     """
 
-    def __init__(self, model, tokenizer, *, config: GenerationConfig | None = None,
-                 max_context_tokens: int | None = None, mmi: MMI | None = None, history: Sequence[str] = (),
-                 **settings: Any):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        config: GenerationConfig | None = None,
+        max_context_tokens: int | None = None,
+        mmi: MMI | None = None,
+        history: Sequence[str] = (),
+        **settings: Any,
+    ):
         self.backend = as_backend(model)
         self.tokenizer = tokenizer
         if config is None:  # the model's own settings (its generation_config.json), if local
@@ -135,8 +144,10 @@ class Chat:
         max_new_tokens = self.max_new_tokens
         room = self.backend.max_positions - max_new_tokens
         if room < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a history "
-                             f"in {self.backend.max_positions} positions")
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a history "
+                f"in {self.backend.max_positions} positions"
+            )
         self.max_context_tokens = min(max_context_tokens or room, room)
         self.mmi = mmi
         if any(not isinstance(turn, str) for turn in history):
@@ -180,8 +191,11 @@ def changed_settings(config: GenerationConfig) -> dict[str, Any]:
     """The settings of `config` that differ from `GenerationConfig`'s defaults (what a backend
     is sent: it decodes with the defaults plus these)."""
     default = GenerationConfig()
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-            if getattr(config, f.name) != getattr(default, f.name)}
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(default, f.name)
+    }
 
 
 def _split_turns(ids: list[int], eos: int) -> list[list[int]]:

@@ -196,7 +196,7 @@ def _non_finite_count(value: np.ndarray) -> int:
     flat = value.reshape(-1)  # a view: readers return contiguous arrays
     return sum(
         int(part.size - np.count_nonzero(np.isfinite(part)))
-        for part in (flat[start:start + _FINITE_SLICE] for start in range(0, flat.size, _FINITE_SLICE))
+        for part in (flat[start : start + _FINITE_SLICE] for start in range(0, flat.size, _FINITE_SLICE))
     )
 
 
@@ -249,8 +249,10 @@ def check_weights(tensors: dict[str, np.ndarray], config: DialoGPTConfig, source
     checked = {**ready, "lm_head.weight": lm_head} if lm_head is not None else ready
     non_finite = {name: n for name in sorted(checked) if (n := _non_finite_count(checked[name]))}
     if non_finite:
-        shown = [f"`{name}`: {n} non-finite value{'s' if n > 1 else ''} (NaN/Inf) in {_file_holding(source, name)}"
-                 for name, n in list(non_finite.items())[:_MAX_LISTED]]
+        shown = [
+            f"`{name}`: {n} non-finite value{'s' if n > 1 else ''} (NaN/Inf) in {_file_holding(source, name)}"
+            for name, n in list(non_finite.items())[:_MAX_LISTED]
+        ]
         more = len(non_finite) - len(shown)
         raise CheckpointError("; ".join(shown) + (f"; and {more} more tensors" if more else ""))
     if lm_head is not None and not np.array_equal(lm_head, ready["wte.weight"]):
@@ -270,9 +272,18 @@ def assign_weights(model, tensors: dict[str, np.ndarray]) -> None:
 # ---- locating checkpoints ------------------------------------------------------------------------
 
 
-def load_pretrained(model_cls, name_or_path, *, config: DialoGPTConfig | None = None, cache_dir=None,
-                    revision=None, token=None, local_files_only=False, quantize: str | None = None,
-                    **model_kwargs):
+def load_pretrained(
+    model_cls,
+    name_or_path,
+    *,
+    config: DialoGPTConfig | None = None,
+    cache_dir=None,
+    revision=None,
+    token=None,
+    local_files_only=False,
+    quantize: str | None = None,
+    **model_kwargs,
+):
     """Builds `model_cls(config)` and loads a checkpoint into it, strictly.
 
     Args:
@@ -288,8 +299,9 @@ def load_pretrained(model_cls, name_or_path, *, config: DialoGPTConfig | None = 
     """
     if quantize is not None:
         quantization.check_mode(quantize)
-    config_path, weights_path = resolve(name_or_path, cache_dir=cache_dir, revision=revision,
-                                        token=token, local_files_only=local_files_only)
+    config_path, weights_path = resolve(
+        name_or_path, cache_dir=cache_dir, revision=revision, token=token, local_files_only=local_files_only
+    )
     if config is None:
         config = _read_config(config_path)
     tensors = check_weights(read_weights(weights_path), config, str(weights_path))
@@ -345,5 +357,3 @@ def save_pretrained(model, directory, *, safe_serialization: bool = False, token
         save_file(pt, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-
-

@@ -23,7 +23,6 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as asked: missing, malformed or not matching."""
 
 
-
 def _weights_in_dir(directory: Path) -> Path:
     for filename in WEIGHT_FILES:
         if (directory / filename).is_file():
@@ -52,8 +51,9 @@ def _config_in_dir(directory: Path) -> Path:
     return directory / CONFIG_NAME
 
 
-def resolve(name_or_path: str | os.PathLike, cache_dir=None, revision=None, token=None,
-            local_files_only=False) -> tuple[Path, Path]:
+def resolve(
+    name_or_path: str | os.PathLike, cache_dir=None, revision=None, token=None, local_files_only=False
+) -> tuple[Path, Path]:
     """Finds (config.json, weights file or index) for a directory, `"default"` or a hub id.
 
     Hub ids go through `tfdialogpt.hub` (huggingface_hub): downloads show its progress bar and
@@ -62,21 +62,30 @@ def resolve(name_or_path: str | os.PathLike, cache_dir=None, revision=None, toke
     """
     directory = _local_directory(name_or_path)
     if directory is None:
-        return _resolve_hub(hub.HubRepo(str(name_or_path), cache_dir=cache_dir, revision=revision, token=token,
-                                        local_files_only=local_files_only))
+        return _resolve_hub(
+            hub.HubRepo(
+                str(name_or_path),
+                cache_dir=cache_dir,
+                revision=revision,
+                token=token,
+                local_files_only=local_files_only,
+            )
+        )
     return _config_in_dir(directory), _weights_in_dir(directory)
 
 
-def load_config(name_or_path: str | os.PathLike, cache_dir=None, revision=None, token=None,
-                local_files_only=False) -> DialoGPTConfig:
+def load_config(
+    name_or_path: str | os.PathLike, cache_dir=None, revision=None, token=None, local_files_only=False
+) -> DialoGPTConfig:
     """The config alone of a directory, `"default"` or a hub id (no weights read or fetched):
     what a client of a served model needs (its positions and EOS id). Hub arguments as in
     `resolve`."""
     directory = _local_directory(name_or_path)
     if directory is not None:
         return _read_config(_config_in_dir(directory))
-    repo = hub.HubRepo(str(name_or_path), cache_dir=cache_dir, revision=revision, token=token,
-                       local_files_only=local_files_only)
+    repo = hub.HubRepo(
+        str(name_or_path), cache_dir=cache_dir, revision=revision, token=token, local_files_only=local_files_only
+    )
     path, _ = _resolve_hub(repo, config_only=True)
     return _read_config(path)
 

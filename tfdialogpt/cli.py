@@ -41,8 +41,13 @@ def _add_sampling_arguments(p) -> None:
             g.add_argument(flag, action="store_true", default=None, help=setting.doc)
             continue
         default = "none" if setting.default is None else setting.default
-        g.add_argument(flag, type=_setting_type(setting), default=None, metavar=name.split("_")[-1].upper(),
-                       help=f"{setting.doc}; in {setting.range_text()} (default {default})")
+        g.add_argument(
+            flag,
+            type=_setting_type(setting),
+            default=None,
+            metavar=name.split("_")[-1].upper(),
+            help=f"{setting.doc}; in {setting.range_text()} (default {default})",
+        )
     g.add_argument("--no-xla", action="store_true", help="decode without XLA (jit_compile=False)")
 
 
@@ -51,8 +56,9 @@ def _setting_type(setting):
         try:
             value = setting.kind(text) if setting.kind is float else int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if setting.kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if setting.kind is int else 'a number'}, got {text!r}"
+            ) from None
         try:
             return setting.check(value)
         except ValueError as err:
@@ -69,12 +75,20 @@ def _add_model_arguments(p, server: bool) -> None:
     p.add_argument("--mmi-model", default=None, help="reverse model for MMI reranking (directory or hub id)")
     p.add_argument("--mmi-candidates", type=int, default=8, help="candidates sampled for MMI")
     p.add_argument("--mmi-temperature", type=float, default=None, help="sample by softmax(score/T) instead of argmax")
-    p.add_argument("--quantize", choices=MODES, default=None,
-                   help="int8 weights: faster generation on CPU at a small accuracy cost")
+    p.add_argument(
+        "--quantize",
+        choices=MODES,
+        default=None,
+        help="int8 weights: faster generation on CPU at a small accuracy cost",
+    )
     if server:
-        p.add_argument("--server", metavar="HOST:PORT", default=None,
-                       help="chat through a served model instead (--model then names its config and tokenizer; "
-                            "no weights are read)")
+        p.add_argument(
+            "--server",
+            metavar="HOST:PORT",
+            default=None,
+            help="chat through a served model instead (--model then names its config and tokenizer; "
+            "no weights are read)",
+        )
         p.add_argument("--model-name", default="dialogpt", help="the served model's name")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed to each request")
 
@@ -91,67 +105,110 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = _add_command(subparsers, "info", "Show a checkpoint's architecture and files.", """
+    p = _add_command(
+        subparsers,
+        "info",
+        "Show a checkpoint's architecture and files.",
+        """
         tfdialogpt info --model microsoft/DialoGPT-medium
         tfdialogpt info --model ./my-checkpoint --check
-    """, commands.cmd_info)
+    """,
+        commands.cmd_info,
+    )
     p.add_argument("--model", default="default", help="directory, hub id, or 'default' (embedded model)")
     p.add_argument("--check", action="store_true", help="also load every tensor strictly (names, shapes, no NaN/Inf)")
 
-    p = _add_command(subparsers, "init", "Write a randomly initialised model of a DialoGPT shape.", """
+    p = _add_command(
+        subparsers,
+        "init",
+        "Write a randomly initialised model of a DialoGPT shape.",
+        """
         tfdialogpt init --preset small --output ./dialogpt-small-random
-    """, commands.cmd_init)
+    """,
+        commands.cmd_init,
+    )
     p.add_argument("--preset", choices=["small", "medium", "large"], default="small")
     p.add_argument("--output", required=True, help="directory to write (HF layout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--safetensors", action="store_true", help="also write a PyTorch-layout model.safetensors")
 
-    p = _add_command(subparsers, "convert", "Load any supported checkpoint and write it in HF's TF layout.", """
+    p = _add_command(
+        subparsers,
+        "convert",
+        "Load any supported checkpoint and write it in HF's TF layout.",
+        """
         tfdialogpt convert --model microsoft/DialoGPT-small --output ./dialogpt-small
         tfdialogpt convert --model ./pytorch-run --output ./tf-run --safetensors
-    """, commands.cmd_convert)
+    """,
+        commands.cmd_convert,
+    )
     p.add_argument("--model", required=True, help="directory, hub id, or 'default'")
     p.add_argument("--output", required=True, help="directory to write")
     p.add_argument("--safetensors", action="store_true", help="also write a PyTorch-layout model.safetensors")
     p.add_argument("--no-tokenizer", action="store_true", help="do not copy the tokenizer files")
 
-    p = _add_command(subparsers, "tokenize", "Print the token ids of a text or a dialogue.", """
+    p = _add_command(
+        subparsers,
+        "tokenize",
+        "Print the token ids of a text or a dialogue.",
+        """
         tfdialogpt tokenize --model microsoft/DialoGPT-small "Hello world"
         tfdialogpt tokenize --dialogue "Hi!" "Hello, how are you?"
-    """, commands.cmd_tokenize)
+    """,
+        commands.cmd_tokenize,
+    )
     p.add_argument("turns", nargs="+", help="text (or turns with --dialogue)")
     p.add_argument("--model", default="default", help="directory, hub id, or 'default'")
     p.add_argument("--dialogue", action="store_true", help="encode as DialoGPT turns joined by <|endoftext|>")
     p.add_argument("--max-length", type=int, default=None, help="drop the oldest turns to fit")
 
-    p = _add_command(subparsers, "generate", "One reply to a dialogue history.", """
+    p = _add_command(
+        subparsers,
+        "generate",
+        "One reply to a dialogue history.",
+        """
         tfdialogpt generate "Hello"
         tfdialogpt generate --model microsoft/DialoGPT-medium "Does money buy happiness?"
         tfdialogpt generate --model microsoft/DialoGPT-medium --quantize int8 "Does money buy happiness?"
-        tfdialogpt generate --json '["Hi!", "Hello, how are you?", "Fine, thanks. And you?"]' --do-sample --top-p 0.9 --seed 0
+        tfdialogpt generate --json '["Hi!", "Hello, how are you?", "Fine, thanks. And you?"]' \\
+            --do-sample --top-p 0.9 --seed 0
         echo '{"turns": ["Hello"]}' | tfdialogpt generate --json -
-    """, commands.cmd_generate)
+    """,
+        commands.cmd_generate,
+    )
     p.add_argument("turns", nargs="*", metavar="TURN", help="the history, oldest turn first")
     p.add_argument("--json", default=None, help="the history as JSON: a list of turns, a file, or - for stdin")
     _add_model_arguments(p, server=True)
     _add_sampling_arguments(p)
 
-    p = _add_command(subparsers, "chat", "Chat in the terminal (or line by line from a pipe).", """
+    p = _add_command(
+        subparsers,
+        "chat",
+        "Chat in the terminal (or line by line from a pipe).",
+        """
         tfdialogpt chat
         tfdialogpt chat --model microsoft/DialoGPT-medium --do-sample --top-p 0.9
         tfdialogpt chat --server localhost:8500 --model microsoft/DialoGPT-medium   # its config and tokenizer
         printf 'Hello\\nHow are you?\\n' | tfdialogpt chat
       in the chat: /reset clears the history, /quit or Ctrl-D leaves
-    """, commands.cmd_chat)
+    """,
+        commands.cmd_chat,
+    )
     _add_model_arguments(p, server=True)
     _add_sampling_arguments(p)
 
-    p = _add_command(subparsers, "finetune", "Fine-tune (or train) on dialogues; writes an HF-layout checkpoint.", """
+    p = _add_command(
+        subparsers,
+        "finetune",
+        "Fine-tune (or train) on dialogues; writes an HF-layout checkpoint.",
+        """
         tfdialogpt finetune --train chats.jsonl --output ./my-bot
         tfdialogpt finetune --model microsoft/DialoGPT-small --train train.tsv --valid valid.tsv \\
             --output ./run --epochs 3 --batch-size 8 --learning-rate 5e-5 --precision auto
       formats by extension: .tsv (DialoGPT: w src1 EOS w src2<TAB>w tgt), .jsonl ({"turns": [...]}), .yml (chatterbot)
-    """, commands.cmd_finetune)
+    """,
+        commands.cmd_finetune,
+    )
     p.add_argument("--model", default="default", help="directory, hub id, or 'default'")
     p.add_argument("--train", required=True, help="training data file or directory")
     p.add_argument("--valid", default=None, help="validation data (loss and perplexity each epoch)")
@@ -165,8 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-norm", type=float, default=1.0, help="global gradient norm clip (0: none)")
     p.add_argument("--accumulation-steps", type=int, default=1)
     p.add_argument("--max-seq-len", type=int, default=None, help="default: min(128, the model's positions)")
-    p.add_argument("--precision", choices=["float32", "auto", "mixed_bfloat16", "mixed_float16"], default="float32",
-                   help="auto: mixed_float16 on GPU, mixed_bfloat16 on CPU")
+    p.add_argument(
+        "--precision",
+        choices=["float32", "auto", "mixed_bfloat16", "mixed_float16"],
+        default="float32",
+        help="auto: mixed_float16 on GPU, mixed_bfloat16 on CPU",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=None, help="back up every N batches (default: each epoch)")
     p.add_argument("--backup-dir", default=None, help="default: OUTPUT/backup; a killed run resumes from it")
@@ -174,14 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stopping-patience", type=int, default=None)
     p.add_argument("--strict", action="store_true", help="fail on any malformed data line")
     p.add_argument("--no-jit", action="store_true", help="train without XLA")
-    p.add_argument("--strategy", choices=["auto", "default", "mirrored", "multi_worker"], default="auto",
-                   help="tf.distribute strategy (multi_worker reads TF_CONFIG)")
+    p.add_argument(
+        "--strategy",
+        choices=["auto", "default", "mirrored", "multi_worker"],
+        default="auto",
+        help="tf.distribute strategy (multi_worker reads TF_CONFIG)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = _add_command(subparsers, "evaluate", "Perplexity and the paper's reply metrics on dialogues.", """
+    p = _add_command(
+        subparsers,
+        "evaluate",
+        "Perplexity and the paper's reply metrics on dialogues.",
+        """
         tfdialogpt evaluate --data valid.jsonl
         tfdialogpt evaluate --model ./my-bot --data test.tsv --max-dialogues 200
-    """, commands.cmd_evaluate)
+    """,
+        commands.cmd_evaluate,
+    )
     p.add_argument("--model", default="default", help="directory, hub id, or 'default'")
     p.add_argument("--data", required=True, help="data file or directory (.tsv, .jsonl, .yml)")
     p.add_argument("--max-seq-len", type=int, default=None)
@@ -191,27 +262,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-generate", action="store_true", help="perplexity only")
     p.add_argument("--strict", action="store_true", help="fail on any malformed data line")
 
-    p = _add_command(subparsers, "export", "Export a SavedModel in TF Serving's layout (BASE/<version>/).", """
+    p = _add_command(
+        subparsers,
+        "export",
+        "Export a SavedModel in TF Serving's layout (BASE/<version>/).",
+        """
         tfdialogpt export --base-path ./models/dialogpt
         tfdialogpt export --model microsoft/DialoGPT-medium --base-path ./models/dialogpt --version 3
-    """, commands.cmd_export)
+    """,
+        commands.cmd_export,
+    )
     from tfdialogpt.serving.options import add_export_arguments
 
     add_export_arguments(p, model_default="default")
 
     from tfdialogpt.serving.server_options import add_arguments as add_server_arguments
 
-    p = _add_command(subparsers, "serve", "Serve exports over TF Serving's gRPC API (PredictionService).", """
+    p = _add_command(
+        subparsers,
+        "serve",
+        "Serve exports over TF Serving's gRPC API (PredictionService).",
+        """
         tfdialogpt serve --model-base-path ./models/dialogpt --model-name dialogpt --port 8500
-        tfdialogpt serve --model-config-file serving/models.config --batching-parameters-file serving/batching_parameters.txt
+        tfdialogpt serve --model-config-file serving/models.config \\
+            --batching-parameters-file serving/batching_parameters.txt
       stops cleanly on SIGTERM / Ctrl-C; new version directories are picked up while serving
-    """, commands.cmd_serve)
+    """,
+        commands.cmd_serve,
+    )
     add_server_arguments(p)
 
-    p = _add_command(subparsers, "demo", "End to end: export the default model, serve it, chat through gRPC.", """
+    p = _add_command(
+        subparsers,
+        "demo",
+        "End to end: export the default model, serve it, chat through gRPC.",
+        """
         tfdialogpt demo
         tfdialogpt demo --turn "Hello" --turn "What is your name?"
-    """, commands.cmd_demo)
+    """,
+        commands.cmd_demo,
+    )
     p.add_argument("--workdir", default=None, help="where the export goes (default: a temporary directory)")
     p.add_argument("--turn", action="append", help="a user turn of the scripted conversation (repeatable)")
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
@@ -230,8 +320,16 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from tfdialogpt.serving.client import ServingError
     from tfdialogpt.tokenizer import TokenizerError
 
-    return (CheckpointError, ConfigError, TokenizerError, ServingError, ValueError, FileNotFoundError,
-            FileExistsError, PermissionError)
+    return (
+        CheckpointError,
+        ConfigError,
+        TokenizerError,
+        ServingError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        PermissionError,
+    )
 
 
 # Commands that never load TensorFlow (the others import it quietly first: `_quiet`).

@@ -41,7 +41,9 @@ def cmd_init(args) -> int:
     keras.utils.set_random_seed(args.seed)
     config = DialoGPTConfig.preset(args.preset)
     DialoGPT(config).save_pretrained(args.output, safe_serialization=args.safetensors)
-    print(f"wrote a randomly initialised DialoGPT-{args.preset} ({config.num_parameters:,} parameters) to {args.output}")
+    print(
+        f"wrote a randomly initialised DialoGPT-{args.preset} ({config.num_parameters:,} parameters) to {args.output}"
+    )
     return 0
 
 
@@ -67,7 +69,11 @@ def cmd_tokenize(args) -> int:
     from tfdialogpt.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(args.model)
-    ids = tokenizer.encode_dialogue(args.turns, max_length=args.max_length) if args.dialogue else tokenizer.encode(" ".join(args.turns))
+    ids = (
+        tokenizer.encode_dialogue(args.turns, max_length=args.max_length)
+        if args.dialogue
+        else tokenizer.encode(" ".join(args.turns))
+    )
     print(json.dumps(ids))
     return 0
 
@@ -88,8 +94,9 @@ def _utf8(text: str, where: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise ValueError(f"{where} is not valid UTF-8 (byte 0x{ord(text[err.start]) & 0xFF:02x} at "
-                         f"position {err.start})") from None
+        raise ValueError(
+            f"{where} is not valid UTF-8 (byte 0x{ord(text[err.start]) & 0xFF:02x} at position {err.start})"
+        ) from None
     return text
 
 
@@ -134,18 +141,28 @@ def _make_chat(args, history=()):
         from tfdialogpt.serving.client import Client
 
         if args.quantize:
-            raise ValueError("--quantize applies to a local model; a served model's weights are chosen when "
-                             "it is exported (tfdialogpt export --quantize int8)")
+            raise ValueError(
+                "--quantize applies to a local model; a served model's weights are chosen when "
+                "it is exported (tfdialogpt export --quantize int8)"
+            )
         from tfdialogpt.checkpoint import load_config
 
         config = load_config(args.model)  # the served model's positions and EOS id; no weights read
         tokenizer = Tokenizer.from_pretrained(args.tokenizer or args.model)
         if tokenizer.vocab_size > config.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but --model {args.model}'s config only "
-                             f"{config.vocab_size}: with --server, --model names the served model's directory or "
-                             "hub id (its config and tokenizer; no weights are read)")
-        backend = Client(args.server, args.model_name, tokenizer=tokenizer, timeout=args.timeout,
-                         max_positions=config.max_positions, eos_token_id=config.eos_token_id)
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} ids but --model {args.model}'s config only "
+                f"{config.vocab_size}: with --server, --model names the served model's directory or "
+                "hub id (its config and tokenizer; no weights are read)"
+            )
+        backend = Client(
+            args.server,
+            args.model_name,
+            tokenizer=tokenizer,
+            timeout=args.timeout,
+            max_positions=config.max_positions,
+            eos_token_id=config.eos_token_id,
+        )
         backend.wait_until_available(timeout=args.timeout)
     else:
         from tfdialogpt import DialoGPT
@@ -158,8 +175,12 @@ def _make_chat(args, history=()):
     if getattr(args, "mmi_model", None):
         from tfdialogpt import DialoGPT
 
-        mmi = MMI(DialoGPT.from_pretrained(args.mmi_model), num_candidates=args.mmi_candidates,
-                  temperature=args.mmi_temperature, seed=args.seed)
+        mmi = MMI(
+            DialoGPT.from_pretrained(args.mmi_model),
+            num_candidates=args.mmi_candidates,
+            temperature=args.mmi_temperature,
+            seed=args.seed,
+        )
     return Chat(backend, tokenizer, mmi=mmi, history=history, **settings)
 
 
@@ -182,8 +203,11 @@ def cmd_chat(args) -> int:
         try:
             text = raw.decode("utf-8").strip()
         except UnicodeDecodeError as err:
-            print(f"error: that line is not valid UTF-8 (byte 0x{raw[err.start]:02x} at position {err.start}); "
-                  "it was skipped, the conversation goes on", flush=True)
+            print(
+                f"error: that line is not valid UTF-8 (byte 0x{raw[err.start]:02x} at position {err.start}); "
+                "it was skipped, the conversation goes on",
+                flush=True,
+            )
             continue
         if not text:
             continue
@@ -208,14 +232,29 @@ def cmd_finetune(args) -> int:
     from tfdialogpt.training.finetune import finetune
 
     result = finetune(
-        args.model, args.train, args.valid, args.output,
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps, decay=args.decay, weight_decay=args.weight_decay,
-        clip_norm=args.clip_norm or None, accumulation_steps=args.accumulation_steps,
-        max_seq_len=args.max_seq_len, precision=args.precision, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, backup_dir=args.backup_dir, tensorboard=args.tensorboard,
-        early_stopping_patience=args.early_stopping_patience, strict=args.strict,
-        jit_compile=False if args.no_jit else "auto", strategy=args.strategy, verbose=0 if args.quiet else "auto",
+        args.model,
+        args.train,
+        args.valid,
+        args.output,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        decay=args.decay,
+        weight_decay=args.weight_decay,
+        clip_norm=args.clip_norm or None,
+        accumulation_steps=args.accumulation_steps,
+        max_seq_len=args.max_seq_len,
+        precision=args.precision,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        backup_dir=args.backup_dir,
+        tensorboard=args.tensorboard,
+        early_stopping_patience=args.early_stopping_patience,
+        strict=args.strict,
+        jit_compile=False if args.no_jit else "auto",
+        strategy=args.strategy,
+        verbose=0 if args.quiet else "auto",
     )
     last = {name: round(values[-1], 4) for name, values in result.history.items() if values}
     malformed = len(result.train_issues) + len(result.valid_issues)
@@ -226,9 +265,16 @@ def cmd_finetune(args) -> int:
 def cmd_evaluate(args) -> int:
     from tfdialogpt.training.finetune import evaluate
 
-    results = evaluate(args.model, args.data, max_seq_len=args.max_seq_len, batch_size=args.batch_size,
-                       generate=not args.no_generate, max_new_tokens=args.max_new_tokens,
-                       max_dialogues=args.max_dialogues, strict=args.strict)
+    results = evaluate(
+        args.model,
+        args.data,
+        max_seq_len=args.max_seq_len,
+        batch_size=args.batch_size,
+        generate=not args.no_generate,
+        max_new_tokens=args.max_new_tokens,
+        max_dialogues=args.max_dialogues,
+        strict=args.strict,
+    )
     print(json.dumps(results, indent=2, default=str))
     return 0
 
@@ -255,5 +301,3 @@ def cmd_demo(args) -> int:
     from tfdialogpt.demo import run_demo
 
     return run_demo(args.workdir, turns=args.turn or None, port=args.port)
-
-

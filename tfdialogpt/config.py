@@ -60,9 +60,7 @@ class DialoGPTConfig:
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"`{name}` must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
-            )
+            raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if self.intermediate_size is not None and self.intermediate_size <= 0:
             raise ConfigError(f"`intermediate_size` must be positive, got {self.intermediate_size}")
         for name in ("embedding_dropout", "attention_dropout", "residual_dropout"):

@@ -39,27 +39,52 @@ def run_demo(workdir: str | None = None, turns=None, port: int = 0, out=sys.stdo
         print(f"exported the default model to {result.path} in {time.perf_counter() - started:.1f} s", file=out)
 
         port = port or _free_port()
-        command = [sys.executable, "-m", "tfdialogpt", "serve", "--model-base-path", str(base_path),
-                   "--model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port)]
+        command = [
+            sys.executable,
+            "-m",
+            "tfdialogpt",
+            "serve",
+            "--model-base-path",
+            str(base_path),
+            "--model-name",
+            MODEL_NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         log_path = Path(workdir or tmp) / "server.log"
         with open(log_path, "w") as log:
-            server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+            server = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            )
         try:
             tokenizer = Tokenizer.from_pretrained("default")
             config = model.config
-            with Client(f"127.0.0.1:{port}", MODEL_NAME, tokenizer=tokenizer, timeout=60,
-                        max_positions=config.max_positions, eos_token_id=config.eos_token_id) as client:
+            with Client(
+                f"127.0.0.1:{port}",
+                MODEL_NAME,
+                tokenizer=tokenizer,
+                timeout=60,
+                max_positions=config.max_positions,
+                eos_token_id=config.eos_token_id,
+            ) as client:
                 started = time.perf_counter()
                 version = client.wait_until_available(timeout=180)
-                print(f"tfdialogpt serve is up on 127.0.0.1:{port}, model {MODEL_NAME!r} version {version} "
-                      f"({time.perf_counter() - started:.1f} s)", file=out)
+                print(
+                    f"tfdialogpt serve is up on 127.0.0.1:{port}, model {MODEL_NAME!r} version {version} "
+                    f"({time.perf_counter() - started:.1f} s)",
+                    file=out,
+                )
                 chat = Chat(client, tokenizer, max_new_tokens=32)
                 for text in turns:
                     started = time.perf_counter()
                     reply = chat.reply(text)
-                    print(f"you> {text}\nbot> {reply}    [{(time.perf_counter() - started) * 1000:.0f} ms]",
-                          file=out, flush=True)
+                    print(
+                        f"you> {text}\nbot> {reply}    [{(time.perf_counter() - started) * 1000:.0f} ms]",
+                        file=out,
+                        flush=True,
+                    )
         except BaseException:
             print(f"the demo failed; server log ({log_path}):\n{log_path.read_text()[-4000:]}", file=sys.stderr)
             raise

@@ -35,11 +35,22 @@ FILE_NAME = "generation_config.json"  # HF's name, beside config.json
 SEED_LIMIT = 2**31  # seeds are int32 in the compiled graphs
 
 # HF keys with no effect here: read without complaint, never written.
-_IGNORED_HF_KEYS = frozenset({
-    "_from_model_config", "transformers_version", "bos_token_id", "max_length", "min_length",
-    "decoder_start_token_id", "use_cache", "return_dict_in_generate", "output_scores",
-    "output_attentions", "output_hidden_states", "num_return_sequences",
-})
+_IGNORED_HF_KEYS = frozenset(
+    {
+        "_from_model_config",
+        "transformers_version",
+        "bos_token_id",
+        "max_length",
+        "min_length",
+        "decoder_start_token_id",
+        "use_cache",
+        "return_dict_in_generate",
+        "output_scores",
+        "output_attentions",
+        "output_hidden_states",
+        "num_return_sequences",
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,9 +149,7 @@ class GenerationConfig:
 
     # Field order is the compiled function's input order (run-time settings first).
     max_new_tokens: int = _field(40, "tokens to generate at most", int, low=1, served=True)
-    temperature: float = _field(
-        1.0, "softmax temperature for sampling", float, low=0.0, low_open=True, served=True
-    )
+    temperature: float = _field(1.0, "softmax temperature for sampling", float, low=0.0, low_open=True, served=True)
     top_k: int = _field(0, "keep the k most likely tokens; 0 keeps all", int, low=0, served=True)
     top_p: float = _field(
         1.0, "nucleus sampling mass; 1 keeps all", float, low=0.0, high=1.0, low_open=True, served=True
@@ -149,21 +158,26 @@ class GenerationConfig:
         1.0, "HF's repetition penalty; 1 is off", float, low=0.0, low_open=True, served=True
     )
     seed: int | None = _field(
-        None, "seed of the stateless sampler; None draws one", int, low=0, high=SEED_LIMIT - 1,
-        served=True, optional=True,
+        None,
+        "seed of the stateless sampler; None draws one",
+        int,
+        low=0,
+        high=SEED_LIMIT - 1,
+        served=True,
+        optional=True,
     )
     min_new_tokens: int = _field(0, "EOS is suppressed before this many new tokens", int, low=0)
     do_sample: bool = _field(False, "sample instead of decoding greedily", bool, served=True)
     length_penalty: float = _field(1.0, "beam search: score / length ** length_penalty", float)
     num_beams: int = _field(1, "beam search width; 1 is no beam search", int, low=1, static=True)
-    no_repeat_ngram_size: int = _field(
-        0, "forbid repeating n-grams of this size; 0 is off", int, low=0, static=True
-    )
-    eos_token_id: int | None = _field(
-        None, "ends a row; None is the model's", int, low=0, optional=True, static=True
-    )
+    no_repeat_ngram_size: int = _field(0, "forbid repeating n-grams of this size; 0 is off", int, low=0, static=True)
+    eos_token_id: int | None = _field(None, "ends a row; None is the model's", int, low=0, optional=True, static=True)
     pad_token_id: int | None = _field(
-        None, "fills a row after its EOS; None is the model's, else EOS", int, low=0, optional=True,
+        None,
+        "fills a row after its EOS; None is the model's, else EOS",
+        int,
+        low=0,
+        optional=True,
         static=True,
     )
 
@@ -171,9 +185,7 @@ class GenerationConfig:
         """A copy with `changes`; unknown names raise `TypeError` naming them."""
         unknown = sorted(set(changes) - set(SETTINGS))
         if unknown:
-            raise TypeError(
-                f"unknown generation setting {unknown[0]!r}; the settings are {', '.join(SETTINGS)}"
-            )
+            raise TypeError(f"unknown generation setting {unknown[0]!r}; the settings are {', '.join(SETTINGS)}")
         return dataclasses.replace(self, **changes)
 
     def validate(self, vocab_size: int | None = None, max_positions: int | None = None) -> GenerationConfig:
@@ -215,9 +227,7 @@ class GenerationConfig:
             raise ValueError(f"a generation config must be a JSON object, got {type(data).__name__}")
         unknown = sorted(set(data) - set(SETTINGS) - _IGNORED_HF_KEYS)
         if unknown:
-            raise ValueError(
-                f"unsupported generation setting {unknown[0]!r}; supported: {', '.join(SETTINGS)}"
-            )
+            raise ValueError(f"unsupported generation setting {unknown[0]!r}; supported: {', '.join(SETTINGS)}")
         values = {name: data[name] for name in SETTINGS if name in data}
         if isinstance(values.get("eos_token_id"), list):  # HF allows several; we end on one
             eos = values["eos_token_id"]

@@ -60,8 +60,15 @@ class HubRepo:
         >>> repo.download("config.json")  # a Path in the cache, or None  # doctest: +SKIP
     """
 
-    def __init__(self, repo_id: str, *, cache_dir: str | os.PathLike | None = None, revision: str | None = None,
-                 token: str | bool | None = None, local_files_only: bool | None = False):
+    def __init__(
+        self,
+        repo_id: str,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool | None = False,
+    ):
         if local_files_only is not None and not isinstance(local_files_only, bool):
             raise TypeError(f"local_files_only must be True or False, got {local_files_only!r}")
         self.repo_id, self.cache_dir, self.revision, self.token = repo_id, cache_dir, revision, token
@@ -102,23 +109,34 @@ class HubRepo:
         )
 
         try:
-            return Path(huggingface_hub.hf_hub_download(
-                self.repo_id, filename, cache_dir=self.cache_dir, revision=self.revision, token=self.token,
-                local_files_only=self.offline,
-            ))
+            return Path(
+                huggingface_hub.hf_hub_download(
+                    self.repo_id,
+                    filename,
+                    cache_dir=self.cache_dir,
+                    revision=self.revision,
+                    token=self.token,
+                    local_files_only=self.offline,
+                )
+            )
         except HFValidationError as err:
-            raise HubError(f"{self.repo_id!r} is neither a local directory nor a valid hub id: "
-                           f"{_first_line(err)}") from None
+            raise HubError(
+                f"{self.repo_id!r} is neither a local directory nor a valid hub id: {_first_line(err)}"
+            ) from None
         except LocalEntryNotFoundError as err:  # before EntryNotFoundError: it is one
             if self.offline:
                 return None
-            raise HubError(f"cannot fetch {filename} for {self.describe()}: the hub is unreachable and the file "
-                           f"is not in the local cache ({_first_line(err)})") from None
+            raise HubError(
+                f"cannot fetch {filename} for {self.describe()}: the hub is unreachable and the file "
+                f"is not in the local cache ({_first_line(err)})"
+            ) from None
         except EntryNotFoundError:
             return None
         except RepositoryNotFoundError as err:  # also gated and private repositories
-            raise HubError(f"no repository {self.describe()} (or it is private or gated and no valid token was "
-                           f"given): {_first_line(err)}") from None
+            raise HubError(
+                f"no repository {self.describe()} (or it is private or gated and no valid token was "
+                f"given): {_first_line(err)}"
+            ) from None
         except RevisionNotFoundError as err:
             raise HubError(f"no such revision: {self.describe()} ({_first_line(err)})") from None
         except (HfHubHTTPError, OSError) as err:  # other HTTP errors, proxies, certificates, disk

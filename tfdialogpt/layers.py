@@ -107,10 +107,10 @@ class Conv1D(keras.layers.Layer):
         quantization.check_mode(mode)
         q, scale = quantization.quantize_rows(self.weight.numpy().T)
         del self.weight  # untracked and freed: the int8 copy is all that stays
-        self.weight_int8 = self.add_weight(name="weight_int8", shape=q.shape, initializer="zeros", dtype="int8",
-                                           trainable=False)
-        self.weight_scale = self.add_weight(name="weight_scale", shape=scale.shape, initializer="ones",
-                                            trainable=False)
+        self.weight_int8 = self.add_weight(
+            name="weight_int8", shape=q.shape, initializer="zeros", dtype="int8", trainable=False
+        )
+        self.weight_scale = self.add_weight(name="weight_scale", shape=scale.shape, initializer="ones", trainable=False)
         self.weight_int8.assign(q)
         self.weight_scale.assign(scale)
         self._is_quantized = True  # Keras's flag: the policy change below must not quantize again

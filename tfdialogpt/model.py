@@ -188,8 +188,14 @@ class DialoGPT(keras.Model):
         return (hidden if return_hidden else self.lm_head(hidden)), cache
 
     # ---- generation ------------------------------------------------------------------------------
-    def generate(self, input_ids, attention_mask=None, config: GenerationConfig | None = None,
-                 jit_compile: bool = True, **overrides):
+    def generate(
+        self,
+        input_ids,
+        attention_mask=None,
+        config: GenerationConfig | None = None,
+        jit_compile: bool = True,
+        **overrides,
+    ):
         """Continues each prompt: greedy, sampling or beam search, as one compiled XLA loop.
 
         Settings are a `GenerationConfig` (HF's names and meanings): `config`, else the
@@ -277,8 +283,11 @@ class DialoGPT(keras.Model):
             try:
                 config = GenerationConfig.from_json_file(path)
                 # Ids equal to the model's own (what transformers writes) are no setting of their own.
-                same = {name: None for name in ("eos_token_id", "pad_token_id")
-                        if getattr(config, name) == getattr(model.config, name)}
+                same = {
+                    name: None
+                    for name in ("eos_token_id", "pad_token_id")
+                    if getattr(config, name) == getattr(model.config, name)
+                }
                 model.generation_config = config.replace(**same)
             except ValueError as err:
                 raise checkpoint.CheckpointError(str(err)) from None

@@ -27,8 +27,8 @@ NEW_TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024)
 def round_up(length: int, buckets: Sequence[int] = PROMPT_BUCKETS) -> int:
     """The smallest bucket >= `length` (or `length` itself beyond the largest bucket).
 
-        >>> round_up(17), round_up(5000)
-        (32, 5000)
+    >>> round_up(17), round_up(5000)
+    (32, 5000)
     """
     return next((size for size in buckets if size >= length), length)
 
@@ -52,8 +52,8 @@ def bucket_shapes(prompt_length: int, max_new_tokens: int, max_positions: int) -
 def padded_length(length: int, max_new_tokens: int, max_positions: int) -> int:
     """The prompt width `length` tokens are left-padded to (`bucket_shapes`' T).
 
-        >>> padded_length(20, 32, 1024), padded_length(1000, 20, 1024)
-        (32, 1000)
+    >>> padded_length(20, 32, 1024), padded_length(1000, 20, 1024)
+    (32, 1000)
     """
     return bucket_shapes(length, max_new_tokens, max_positions)[0]
 

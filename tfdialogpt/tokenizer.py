@@ -84,9 +84,7 @@ class Tokenizer:
     # ------------------------------------------------------------------ loading and saving
 
     @classmethod
-    def from_files(
-        cls, vocab: str | os.PathLike, merges: str | os.PathLike, eos_token: str = ENDOFTEXT
-    ) -> Tokenizer:
+    def from_files(cls, vocab: str | os.PathLike, merges: str | os.PathLike, eos_token: str = ENDOFTEXT) -> Tokenizer:
         """Load from GPT-2's `vocab.json` and `merges.txt`.
 
         Args:
@@ -123,9 +121,7 @@ class Tokenizer:
         except Exception as error:
             raise TokenizerError(f"cannot read {os.fspath(path)}: {error}") from error
         if not isinstance(bpe, models.BPE):
-            raise TokenizerError(
-                f"{os.fspath(path)} holds a {type(bpe).__name__} model; expected BPE"
-            )
+            raise TokenizerError(f"{os.fspath(path)} holds a {type(bpe).__name__} model; expected BPE")
         return cls(bpe, eos_token=eos_token)
 
     @classmethod
@@ -164,23 +160,17 @@ class Tokenizer:
             50256
         """
         if not isinstance(path_or_hub_id, (str, os.PathLike)):
-            raise TypeError(
-                f"path_or_hub_id must be a str or path, got {type(path_or_hub_id).__name__}"
-            )
+            raise TypeError(f"path_or_hub_id must be a str or path, got {type(path_or_hub_id).__name__}")
         local = DEFAULT_MODEL_DIR if str(path_or_hub_id) == "default" else Path(path_or_hub_id)
         if local.is_dir():
             if (local / VOCAB_FILE).is_file() and (local / MERGES_FILE).is_file():
                 return cls.from_files(local / VOCAB_FILE, local / MERGES_FILE, eos_token)
             if (local / TOKENIZER_FILE).is_file():
                 return cls._from_tokenizer_json(local / TOKENIZER_FILE, eos_token)
-            raise TokenizerError(
-                f"directory {local} has neither {VOCAB_FILE} + {MERGES_FILE} nor {TOKENIZER_FILE}"
-            )
+            raise TokenizerError(f"directory {local} has neither {VOCAB_FILE} + {MERGES_FILE} nor {TOKENIZER_FILE}")
         if local.exists():
             raise TokenizerError(f"{local} is a file; expected a directory or a hub id")
-        return cls._from_hub(
-            os.fspath(path_or_hub_id), cache_dir, revision, local_files_only, eos_token
-        )
+        return cls._from_hub(os.fspath(path_or_hub_id), cache_dir, revision, local_files_only, eos_token)
 
     @classmethod
     def _from_hub(
@@ -191,9 +181,7 @@ class Tokenizer:
         local_files_only: bool,
         eos_token: str,
     ) -> Tokenizer:
-        repo = hub.HubRepo(
-            repo_id, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only
-        )
+        repo = hub.HubRepo(repo_id, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only)
         try:
             vocab = repo.download(VOCAB_FILE)
             merges = repo.download(MERGES_FILE) if vocab else None
@@ -205,8 +193,7 @@ class Tokenizer:
         if tokenizer_json:
             return cls._from_tokenizer_json(tokenizer_json, eos_token)
         raise TokenizerError(
-            f"hub repository {repo.describe()} has neither {VOCAB_FILE} + {MERGES_FILE} "
-            f"nor {TOKENIZER_FILE}"
+            f"hub repository {repo.describe()} has neither {VOCAB_FILE} + {MERGES_FILE} nor {TOKENIZER_FILE}"
         )
 
     def save_pretrained(self, directory: str | os.PathLike) -> list[Path]:
@@ -311,10 +298,7 @@ class Tokenizer:
             [[15496], [995]]
         """
         texts = check_str_list(texts, "texts")
-        return [
-            encoding.ids
-            for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=False)
-        ]
+        return [encoding.ids for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int] | np.ndarray, skip_special_tokens: bool = False) -> str:
         """Decode ids back to text.

@@ -25,9 +25,22 @@ def _gather_beams(tensor: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     return tf.gather(tensor, indices, axis=1, batch_dims=1)
 
 
-def beam_search(next_fn, reorder_cache, first_logits, cache, prompt_ids, prompt_mask, params: SamplingParams,
-                *, num_beams: int, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
-                length_penalty=1.0, no_repeat_ngram_size: int = 0):
+def beam_search(
+    next_fn,
+    reorder_cache,
+    first_logits,
+    cache,
+    prompt_ids,
+    prompt_mask,
+    params: SamplingParams,
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    length_penalty=1.0,
+    no_repeat_ngram_size: int = 0,
+):
     """Beam search as one `tf.while_loop`.
 
     Args:
@@ -69,16 +82,22 @@ def beam_search(next_fn, reorder_cache, first_logits, cache, prompt_ids, prompt_
         denominator = tf.cast(tf.cast(new_length, tf.float64) ** length_penalty, tf.float32)
         return scores / denominator
 
-    def select(logits, step, running, running_scores, finished_seqs, finished_scores, is_finished,
-               improvable):
+    def select(logits, step, running, running_scores, finished_seqs, finished_scores, is_finished, improvable):
         """One HF beam step on the running beams' logits; returns the new state, the source
         rows for the cache and whether the loop may continue."""
         flat_history = tf.reshape(running, [B * K, T + N])
         generated = tf.logical_and(columns >= T, columns < T + step)[None, :]
         flat_mask = tf.reshape(tile(tf.where(generated, 1, history_mask)), [B * K, T + N])
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
-        log_probs = process_scores(log_probs, flat_history, flat_mask, step, params, eos_token_id=eos_token_id,
-                                   no_repeat_ngram_size=no_repeat_ngram_size)
+        log_probs = process_scores(
+            log_probs,
+            flat_history,
+            flat_mask,
+            step,
+            params,
+            eos_token_id=eos_token_id,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
         log_probs = tf.reshape(log_probs, [B, K, V]) + running_scores[:, :, None]
         log_probs = tf.reshape(log_probs, [B, K * V])
 
@@ -122,8 +141,9 @@ def beam_search(next_fn, reorder_cache, first_logits, cache, prompt_ids, prompt_
         return state, sources, go_on
 
     step = tf.constant(0, tf.int32)
-    state, sources, go_on = select(first_logits, step, running, running_scores, finished_seqs, finished_scores,
-                                   is_finished, improvable)
+    state, sources, go_on = select(
+        first_logits, step, running, running_scores, finished_seqs, finished_scores, is_finished, improvable
+    )
     cache = reorder_cache(cache, sources)
 
     def cond(step, go_on, cache, *state):

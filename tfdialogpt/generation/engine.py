@@ -66,7 +66,11 @@ def next_token_fn(model, attention_mask):
     def next_fn(tokens, cache, index):
         position_ids = tf.gather(positions, tf.reshape(tf.cast(index, tf.int32), [1]), axis=1)  # [B, 1]
         hidden, cache = model.call_with_cache(
-            tokens[:, None], cache, index, attention_mask=attention_mask, position_ids=position_ids,
+            tokens[:, None],
+            cache,
+            index,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
             return_hidden=True,
         )
         return model.lm_head(hidden[:, 0]), cache
@@ -85,10 +89,19 @@ def reorder_cache(cache, indices):
     return tf.nest.map_structure(reorder, cache)
 
 
-def make_generate_fn(model, *, max_new_tokens: int, num_beams: int = 1, no_repeat_ngram_size: int = 0,
-                     do_sample: bool | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None,
-                     batch_size: int | None = None, prompt_length: int | None = None,
-                     jit_compile: bool = True):
+def make_generate_fn(
+    model,
+    *,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    no_repeat_ngram_size: int = 0,
+    do_sample: bool | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    batch_size: int | None = None,
+    prompt_length: int | None = None,
+    jit_compile: bool = True,
+):
     """Builds the generate function of `model` as a `tf.function`.
 
     Static (shape the graph): `max_new_tokens` (N, the output width), `num_beams`,
@@ -141,12 +154,21 @@ def make_generate_fn(model, *, max_new_tokens: int, num_beams: int = 1, no_repea
         common = dict(max_new_tokens=N, eos_token_id=eos, pad_token_id=pad, no_repeat_ngram_size=ngram)
         if K > 1:
             sequences, lengths = beam_search(
-                next_fn, reorder_cache, first_logits, cache, input_ids, attention_mask, params,
-                num_beams=K, length_penalty=values["length_penalty"], **common,
+                next_fn,
+                reorder_cache,
+                first_logits,
+                cache,
+                input_ids,
+                attention_mask,
+                params,
+                num_beams=K,
+                length_penalty=values["length_penalty"],
+                **common,
             )
         else:
-            sequences, lengths = decode(next_fn, first_logits, cache, input_ids, attention_mask, params,
-                                        do_sample=search, **common)
+            sequences, lengths = decode(
+                next_fn, first_logits, cache, input_ids, attention_mask, params, do_sample=search, **common
+            )
         return {"sequences": sequences, "lengths": lengths}
 
     # Named parameters (keyword calls, and SavedModel signature inputs named after them).
@@ -200,8 +222,9 @@ def check_prompts(input_ids, attention_mask, vocab_size: int) -> tuple[np.ndarra
     return ids, mask
 
 
-def generate(model, input_ids, attention_mask=None, config: GenerationConfig | None = None,
-             jit_compile: bool = True) -> GenerationOutput:
+def generate(
+    model, input_ids, attention_mask=None, config: GenerationConfig | None = None, jit_compile: bool = True
+) -> GenerationOutput:
     """Continues each prompt of a batch; see `DialoGPT.generate` for the arguments.
 
     Every setting is checked before anything is traced or compiled (`ValueError` names the
@@ -226,14 +249,31 @@ def generate(model, input_ids, attention_mask=None, config: GenerationConfig | N
 
     # The quantization mode is part of the key: `quantize()` replaces the weight variables.
     B = ids.shape[0]
-    key = (B, T, N, config.num_beams, config.no_repeat_ngram_size, config.do_sample, eos, pad,
-           bool(jit_compile), model.weight_quantization)
+    key = (
+        B,
+        T,
+        N,
+        config.num_beams,
+        config.no_repeat_ngram_size,
+        config.do_sample,
+        eos,
+        pad,
+        bool(jit_compile),
+        model.weight_quantization,
+    )
     fn = buckets.COMPILED.get(
         model,
         key,
         lambda proxy: make_generate_fn(
-            proxy, max_new_tokens=N, num_beams=config.num_beams, no_repeat_ngram_size=config.no_repeat_ngram_size,
-            do_sample=config.do_sample, eos_token_id=eos, pad_token_id=pad, batch_size=B, prompt_length=T,
+            proxy,
+            max_new_tokens=N,
+            num_beams=config.num_beams,
+            no_repeat_ngram_size=config.no_repeat_ngram_size,
+            do_sample=config.do_sample,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            batch_size=B,
+            prompt_length=T,
             jit_compile=jit_compile,
         ),
     )

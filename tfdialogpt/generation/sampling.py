@@ -72,8 +72,9 @@ def gumbel_sample(scores: tf.Tensor, seed: tf.Tensor, step: tf.Tensor) -> tf.Ten
     return first_argmax(scores + gumbel)
 
 
-def process_scores(scores, history, history_mask, step, params: SamplingParams, *, eos_token_id: int,
-                   no_repeat_ngram_size: int = 0):
+def process_scores(
+    scores, history, history_mask, step, params: SamplingParams, *, eos_token_id: int, no_repeat_ngram_size: int = 0
+):
     """The processors every search applies (HF order): repetition penalty, no-repeat-ngram,
     min-new-tokens. `history` [B, S] holds the prompt and the tokens so far (mask 1).
 
@@ -100,9 +101,20 @@ def choose_tokens(scores, step, params: SamplingParams, do_sample) -> tf.Tensor:
     return first_argmax(scores)
 
 
-def decode(next_fn, first_logits, cache, prompt_ids, prompt_mask, params: SamplingParams, *,
-           max_new_tokens: int, eos_token_id: int, pad_token_id: int, no_repeat_ngram_size: int = 0,
-           do_sample: bool | None = None):
+def decode(
+    next_fn,
+    first_logits,
+    cache,
+    prompt_ids,
+    prompt_mask,
+    params: SamplingParams,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    no_repeat_ngram_size: int = 0,
+    do_sample: bool | None = None,
+):
     """Greedy or sampled decoding as one `tf.while_loop`.
 
     Args:
@@ -134,10 +146,19 @@ def decode(next_fn, first_logits, cache, prompt_ids, prompt_mask, params: Sampli
         # Run-time choice: one loop per search under a cond. The cond sits outside the loops,
         # so each loop body stays branch-free (the fast form under XLA).
         def run(sample):
-            return lambda: decode(next_fn, first_logits, cache, prompt_ids, prompt_mask, params,
-                                  max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                                  pad_token_id=pad_token_id, no_repeat_ngram_size=no_repeat_ngram_size,
-                                  do_sample=sample)
+            return lambda: decode(
+                next_fn,
+                first_logits,
+                cache,
+                prompt_ids,
+                prompt_mask,
+                params,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos_token_id,
+                pad_token_id=pad_token_id,
+                no_repeat_ngram_size=no_repeat_ngram_size,
+                do_sample=sample,
+            )
 
         return tf.cond(tf.cast(params.do_sample, tf.bool), run(True), run(False))
     prompt_ids = tf.cast(prompt_ids, tf.int32)
@@ -150,8 +171,15 @@ def decode(next_fn, first_logits, cache, prompt_ids, prompt_mask, params: Sampli
     columns = tf.range(T + N)[None, :]
 
     def select(logits, step, history, history_mask, finished, lengths):
-        scores = process_scores(logits, history, history_mask, step, params, eos_token_id=eos_token_id,
-                                no_repeat_ngram_size=no_repeat_ngram_size)
+        scores = process_scores(
+            logits,
+            history,
+            history_mask,
+            step,
+            params,
+            eos_token_id=eos_token_id,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
         tokens = choose_tokens(scores, step, params, do_sample)
         tokens = tf.where(finished, pad_token_id, tokens)
         here = tf.equal(columns, T + step)  # [1, T + N]: this step's column

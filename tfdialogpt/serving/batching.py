@@ -37,7 +37,9 @@ def batch_key(servable: Servable, sig: contract.Signature, inputs: Mapping[str, 
     """Requests with the same key can be concatenated along the batch axis and split after."""
     if sig.name not in contract.SIGNATURES:
         return None
-    scalars = tuple((name, inputs[name].tobytes()) for name in sig.input_names if inputs[name].ndim == 0 and name != "seed")
+    scalars = tuple(
+        (name, inputs[name].tobytes()) for name in sig.input_names if inputs[name].ndim == 0 and name != "seed"
+    )
     if sig.name != contract.SCORE_SIGNATURE and bool(inputs["do_sample"]):
         return None  # sampling: a row's draws depend on the batch shape, so run it alone
     return (servable.version, id(servable), sig.name, inputs["input_ids"].shape[1], scalars)
@@ -53,7 +55,9 @@ class Batcher:
         max_queued: requests waiting at most; more get RESOURCE_EXHAUSTED.
     """
 
-    def __init__(self, max_batch_size: int = 8, batch_timeout: float = 0.002, num_threads: int = 2, max_queued: int = 1024):
+    def __init__(
+        self, max_batch_size: int = 8, batch_timeout: float = 0.002, num_threads: int = 2, max_queued: int = 1024
+    ):
         self.max_batch_size, self.batch_timeout, self.max_queued = max_batch_size, batch_timeout, max_queued
         self._queue: collections.deque[_Task] = collections.deque()
         self._cond = threading.Condition()
@@ -155,5 +159,3 @@ class Batcher:
 
 
 # ---- the gRPC services -----------------------------------------------------------------------
-
-

@@ -304,7 +304,9 @@ class Client:
         width = padding.padded_length(max(len(row) for row in rows), max_new_tokens, self.max_positions)
         return padding.left_pad(rows, self.eos_token_id, width)
 
-    def score(self, contexts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]], timeout: float | None = None) -> Scores:
+    def score(
+        self, contexts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]], timeout: float | None = None
+    ) -> Scores:
         """log P(reply | context) for each pair, summed over the reply's tokens.
 
         Args:
@@ -317,8 +319,14 @@ class Client:
         )
         return Scores(outputs["log_probs"], outputs["num_tokens"], spec)
 
-    def replies(self, histories: Sequence[Sequence[str]], *, config: GenerationConfig | None = None,
-                timeout: float | None = None, **settings) -> list[str]:
+    def replies(
+        self,
+        histories: Sequence[Sequence[str]],
+        *,
+        config: GenerationConfig | None = None,
+        timeout: float | None = None,
+        **settings,
+    ) -> list[str]:
         """Replies to several dialogue histories in one Predict call (tokenized here)."""
         tokenizer = self.tokenizer
         config = (config or GenerationConfig()).replace(**settings)
@@ -351,9 +359,7 @@ class Client:
         self._model_spec(request.model_spec)
         response = self._call("GetModelStatus", self._models.GetModelStatus, request, timeout)
         state_name = api.get_model_status_pb2.ModelVersionStatus.State.Name
-        return {
-            int(s.version): (state_name(s.state), s.status.error_message) for s in response.model_version_status
-        }
+        return {int(s.version): (state_name(s.state), s.status.error_message) for s in response.model_version_status}
 
     def metadata(self, timeout: float | None = None) -> tuple[ModelSpec, dict[str, Any]]:
         """(ModelSpec, signature name -> `SignatureDef`) from `GetModelMetadata`."""
@@ -376,7 +382,9 @@ class Client:
         last = "no answer yet"
         while time.monotonic() < deadline:
             try:
-                available = [v for v, (state, _) in self.status(timeout=min(5.0, timeout)).items() if state == "AVAILABLE"]
+                available = [
+                    v for v, (state, _) in self.status(timeout=min(5.0, timeout)).items() if state == "AVAILABLE"
+                ]
                 if available:
                     return max(available)
                 last = "no version AVAILABLE"

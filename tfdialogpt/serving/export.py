@@ -128,8 +128,11 @@ def _generate_checks(limits: contract.Limits, input_ids, attention_mask, setting
         ),
         assert_(
             length + settings["max_new_tokens"] <= limits.max_positions,
-            [f"prompt length + max_new_tokens must be at most {limits.max_positions}, got", length,
-             settings["max_new_tokens"]],
+            [
+                f"prompt length + max_new_tokens must be at most {limits.max_positions}, got",
+                length,
+                settings["max_new_tokens"],
+            ],
         ),
     ]
     highs = limits.highs()
@@ -150,7 +153,9 @@ class ServingModule(tf.Module):
             `tfdialogpt.generation.make_generate_fn`.
     """
 
-    def __init__(self, model, limits: contract.Limits, make_generate: GenerateBuilder | None = None, include_xla: bool = True):
+    def __init__(
+        self, model, limits: contract.Limits, make_generate: GenerateBuilder | None = None, include_xla: bool = True
+    ):
         super().__init__(name="dialogpt_serving")
         self.model = model
         self.limits = limits
@@ -180,8 +185,12 @@ class ServingModule(tf.Module):
         from tfdialogpt.scoring import score_tensors
 
         checks = [
-            tf.debugging.assert_equal(tf.shape(attention_mask), tf.shape(input_ids), message="attention_mask must have input_ids' shape"),
-            tf.debugging.assert_equal(tf.shape(target_mask), tf.shape(input_ids), message="target_mask must have input_ids' shape"),
+            tf.debugging.assert_equal(
+                tf.shape(attention_mask), tf.shape(input_ids), message="attention_mask must have input_ids' shape"
+            ),
+            tf.debugging.assert_equal(
+                tf.shape(target_mask), tf.shape(input_ids), message="target_mask must have input_ids' shape"
+            ),
             tf.debugging.Assert(
                 tf.reduce_all((input_ids >= 0) & (input_ids < self.limits.vocab_size)),
                 [f"input_ids must be in [0, {self.limits.vocab_size})"],
@@ -236,7 +245,9 @@ def warmup_requests(
                 request.model_spec.signature_name = sig.name
                 for key, value in inputs.items():
                     to_tensor_proto(value, request.inputs[key])
-                logs.append(api.prediction_log_pb2.PredictionLog(predict_log=api.prediction_log_pb2.PredictLog(request=request)))
+                logs.append(
+                    api.prediction_log_pb2.PredictionLog(predict_log=api.prediction_log_pb2.PredictLog(request=request))
+                )
     if len(logs) > contract.MAX_WARMUP_RECORDS:
         raise ValueError(f"{len(logs)} warmup records; TF Serving reads at most {contract.MAX_WARMUP_RECORDS}")
     return logs
@@ -251,7 +262,11 @@ def export(
     max_new_tokens_cap: int = contract.DEFAULT_MAX_NEW_TOKENS_CAP,
     warmup_prompt_lengths: Sequence[int] = contract.DEFAULT_WARMUP_PROMPT_LENGTHS,
     warmup_batch_sizes: Sequence[int] = (1,),
-    warmup_signatures: Sequence[str] = (contract.DEFAULT_SIGNATURE, contract.GENERATE_SIGNATURE, contract.SCORE_SIGNATURE),
+    warmup_signatures: Sequence[str] = (
+        contract.DEFAULT_SIGNATURE,
+        contract.GENERATE_SIGNATURE,
+        contract.SCORE_SIGNATURE,
+    ),
     include_xla: bool = True,
     quantize: str | None = None,
 ) -> ExportResult:
@@ -284,8 +299,10 @@ def export(
 
         model = DialoGPT.from_pretrained(model, quantize=quantize)
     elif quantize is not None and model.weight_quantization != quantize:
-        raise ValueError(f"quantize={quantize!r} applies to a model given by name; quantize the model object first "
-                         f"(`model.quantize({quantize!r})`)")
+        raise ValueError(
+            f"quantize={quantize!r} applies to a model given by name; quantize the model object first "
+            f"(`model.quantize({quantize!r})`)"
+        )
     config = model.config
     if version is None:
         version = next_version(base_path)
@@ -356,8 +373,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfdialogpt.serving.export", description=__doc__.split("\n")[0])
     add_export_arguments(parser)
     result = export_from_args(parser.parse_args(argv))
-    print(f"wrote version {result.version} to {result.path}: signatures {', '.join(result.signatures)}; "
-          f"{result.warmup_records} warmup requests")
+    print(
+        f"wrote version {result.version} to {result.path}: signatures {', '.join(result.signatures)}; "
+        f"{result.warmup_records} warmup requests"
+    )
     return 0
 
 

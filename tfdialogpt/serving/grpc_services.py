@@ -173,7 +173,9 @@ class ModelServer:
                 outputs = future.result(timeout=None if timeout is None else max(timeout, 0.0))
             except concurrent.futures.TimeoutError:
                 future.cancel()
-                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed while the request was queued or running") from None
+                raise ServingError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed while the request was queued or running"
+                ) from None
         finally:
             servable.release()
         response = apis().predict_pb2.PredictResponse()
@@ -264,5 +266,3 @@ def serve(server: ModelServer, grace: float = 10.0) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
-
-

@@ -16,8 +16,12 @@ def add_export_arguments(parser, model_default: str | None = None) -> None:
     parser.add_argument("--base-path", required=True, help="the model's base directory; <version>/ is written under it")
     parser.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
     parser.add_argument("--model-name", default="dialogpt", help="model name written into the warmup requests")
-    parser.add_argument("--max-new-tokens-cap", type=int, default=contract.DEFAULT_MAX_NEW_TOKENS_CAP,
-                        help="most new tokens one request may ask for")
+    parser.add_argument(
+        "--max-new-tokens-cap",
+        type=int,
+        default=contract.DEFAULT_MAX_NEW_TOKENS_CAP,
+        help="most new tokens one request may ask for",
+    )
     parser.add_argument("--warmup-batch-sizes", type=int, nargs="+", default=[1], help="batch sizes to warm up")
     parser.add_argument("--no-xla", action="store_true", help="leave out the generate_xla signature")
     parser.add_argument("--quantize", choices=MODES, default=None, help="export int8 weights (faster on CPU)")

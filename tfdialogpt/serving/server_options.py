@@ -35,7 +35,10 @@ def read_model_config(path: str, warmup: bool = True) -> list[ModelVersions]:
         policy = entry.model_version_policy
         kind = policy.WhichOneof("policy_choice")
         if kind == "specific":
-            raise ValueError(f"{path}: model {entry.name!r} uses a 'specific' version policy; this server supports 'latest' and 'all'")
+            raise ValueError(
+                f"{path}: model {entry.name!r} uses a 'specific' version policy; this server supports "
+                "'latest' and 'all'"
+            )
         num_versions = 1_000_000 if kind == "all" else (policy.latest.num_versions or 1)
         base_path = os.path.join(os.path.dirname(os.path.abspath(path)), entry.base_path)
         models.append(ModelVersions(entry.name, base_path, num_versions, warmup))
@@ -57,7 +60,9 @@ def read_batching_parameters(path: str) -> dict[str, int]:
     for key, body in re.findall(r"(\w+)\s*\{([^}]*)\}", text):
         number = re.fullmatch(r"\s*value\s*:\s*(\d+)\s*", body)
         if key not in _BATCHING_KEYS or number is None:
-            raise ValueError(f"{path}: cannot use {key} {{{body.strip()}}}; expected one of {', '.join(_BATCHING_KEYS)} with a value")
+            raise ValueError(
+                f"{path}: cannot use {key} {{{body.strip()}}}; expected one of {', '.join(_BATCHING_KEYS)} with a value"
+            )
         values[key] = int(number.group(1))
     return values
 
@@ -75,7 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's options, shared with `tfdialogpt serve`."""
     parser.add_argument("--model-base-path", help="directory holding <version>/saved_model.pb")
     parser.add_argument("--model-config-file", help="TF Serving models.config instead of --model-base-path")
-    parser.add_argument("--batching-parameters-file", help="TF Serving batching parameters (overrides the batch options)")
+    parser.add_argument(
+        "--batching-parameters-file", help="TF Serving batching parameters (overrides the batch options)"
+    )
     parser.add_argument("--model-name", default="dialogpt", help="name clients put in model_spec.name")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (127.0.0.1 for local only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="gRPC port; 0 picks a free one")

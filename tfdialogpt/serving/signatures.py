@@ -60,9 +60,18 @@ DTYPE_ENUMS = {"float32": 1, "int32": 3, "int64": 9, "bool": 10}
 DTYPE_NAMES = {1: "DT_FLOAT", 3: "DT_INT32", 9: "DT_INT64", 10: "DT_BOOL"}
 # TensorFlow's names of the numpy dtypes a request may carry, for error messages.
 _TF_NAME_OF_NUMPY = {
-    "float16": "DT_HALF", "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "bool": "DT_BOOL",
-    "int8": "DT_INT8", "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64",
-    "uint8": "DT_UINT8", "uint16": "DT_UINT16", "uint32": "DT_UINT32", "uint64": "DT_UINT64",
+    "float16": "DT_HALF",
+    "float32": "DT_FLOAT",
+    "float64": "DT_DOUBLE",
+    "bool": "DT_BOOL",
+    "int8": "DT_INT8",
+    "int16": "DT_INT16",
+    "int32": "DT_INT32",
+    "int64": "DT_INT64",
+    "uint8": "DT_UINT8",
+    "uint16": "DT_UINT16",
+    "uint32": "DT_UINT32",
+    "uint64": "DT_UINT64",
 }
 
 
@@ -270,7 +279,9 @@ class Limits:
         if data.get("format") != METADATA_FORMAT:
             raise ContractError(f"{METADATA_FILE} has format {data.get('format')!r}; expected {METADATA_FORMAT}")
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING)
+        missing = sorted(
+            f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING
+        )
         if missing:
             raise ContractError(f"{METADATA_FILE} is missing {', '.join(missing)}")
         values = {k: v for k, v in data.items() if k in fields}
@@ -296,8 +307,7 @@ def check_inputs(sig: Signature, inputs: Mapping[str, np.ndarray], limits: Limit
     unexpected = sorted(set(inputs) - set(sig.input_names))
     if unexpected:
         raise ContractError(
-            f"unexpected input {unexpected[0]!r} for signature {sig.name!r}; it takes "
-            f"{', '.join(sig.input_names)}"
+            f"unexpected input {unexpected[0]!r} for signature {sig.name!r}; it takes {', '.join(sig.input_names)}"
         )
     for spec in sig.inputs:
         if spec.name not in inputs:
@@ -381,8 +391,6 @@ def _check_score_values(inputs: Mapping[str, np.ndarray], limits: Limits) -> Non
         raise ContractError(f"target_mask[{row}, {col}] is 1 on padding (attention_mask is 0 there)")
     first = np.flatnonzero(target[:, 0] == 1)
     if first.size:
-        raise ContractError(
-            f"target_mask[{first[0]}, 0] is 1; the first token has no context to be scored after"
-        )
+        raise ContractError(f"target_mask[{first[0]}, 0] is 1; the first token has no context to be scored after")
     if mask.shape[1] > limits.max_positions:
         raise ContractError(f"rows of {mask.shape[1]} tokens exceed the model's {limits.max_positions} positions")

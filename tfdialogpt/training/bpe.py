@@ -8,8 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, directory: str | os.PathLike,
-                         min_frequency: int = 2):
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, directory: str | os.PathLike, min_frequency: int = 2):
     """Trains GPT-2's recipe (byte-level, GPT-2's regex, no prefix space) on `texts` with
     `tokenizers`, writes `vocab.json` + `merges.txt` into `directory`, and returns the
     `tfdialogpt.tokenizer.Tokenizer`. `<|endoftext|>` gets the last id, as in GPT-2.
@@ -33,8 +32,13 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, directory: str |
         raise ValueError(f"vocab_size must exceed the {len(alphabet)} byte symbols, got {vocab_size}")
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=min_frequency, show_progress=False,
-                                  initial_alphabet=alphabet, special_tokens=[])
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1,
+        min_frequency=min_frequency,
+        show_progress=False,
+        initial_alphabet=alphabet,
+        special_tokens=[],
+    )
     bpe.train_from_iterator(list(texts), trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     vocab = dict(sorted(state["vocab"].items(), key=lambda item: item[1]))

@@ -63,8 +63,7 @@ class Dialogue:
             raise ValueError(f"{len(self.turns)} turns but {len(self.weights)} weights")
 
     @classmethod
-    def from_turns(cls, turns: Sequence[str], weights: Sequence[float] | None = None,
-                   source: str = "") -> Dialogue:
+    def from_turns(cls, turns: Sequence[str], weights: Sequence[float] | None = None, source: str = "") -> Dialogue:
         weights = [1.0] * len(turns) if weights is None else weights
         return cls(tuple(turns), tuple(float(w) for w in weights), source)
 
@@ -242,8 +241,11 @@ def read_chatterbot_yaml(path: str | os.PathLike, strict: bool = False) -> Dialo
         if not isinstance(node, yaml.SequenceNode):
             issues.append(DataIssue(path, number, "a conversation must be a list of utterances"))
             continue
-        bad = [i for i, turn in enumerate(node.value, start=1)
-               if not isinstance(turn, yaml.ScalarNode) or not str(turn.value).strip()]
+        bad = [
+            i
+            for i, turn in enumerate(node.value, start=1)
+            if not isinstance(turn, yaml.ScalarNode) or not str(turn.value).strip()
+        ]
         if bad:
             issues.append(DataIssue(path, number, f"utterance {bad[0]} is not a non-empty string"))
         elif len(node.value) < 2:
@@ -301,8 +303,9 @@ class Example:
         return len(self.weights)
 
 
-def build_example(turn_ids: Sequence[Sequence[int]], weights: Sequence[float], eos_token_id: int,
-                  max_seq_len: int) -> tuple[Example | None, str | None]:
+def build_example(
+    turn_ids: Sequence[Sequence[int]], weights: Sequence[float], eos_token_id: int, max_seq_len: int
+) -> tuple[Example | None, str | None]:
     """Lays out one tokenized dialogue as DialoGPT does; returns (example, None) or
     (None, why it yields no example).
 
@@ -339,7 +342,9 @@ def build_example(turn_ids: Sequence[Sequence[int]], weights: Sequence[float], e
         return None, "no turn after the first carries loss"
     tokens = [t for ids in turns for t in ids + [eos_token_id]]
     # token k is predicted at label position k - 1, with the weight of the turn holding token k
-    token_weights = [0.0] * lengths[0] + [w for ids, w in zip(turns[1:], weights[1:], strict=True) for _ in range(len(ids) + 1)]
+    token_weights = [0.0] * lengths[0] + [
+        w for ids, w in zip(turns[1:], weights[1:], strict=True) for _ in range(len(ids) + 1)
+    ]  # noqa: E501
     return Example(np.asarray(tokens, np.int32), np.asarray(token_weights[1:], np.float32)), None
 
 
@@ -368,7 +373,7 @@ def encode_dialogues(dialogues: Iterable[Dialogue], tokenizer, max_seq_len: int)
     ids = tokenizer.encode_batch(flat) if flat else []
     examples, skipped, at = [], [], 0
     for dialogue in dialogues:
-        turn_ids = ids[at: at + len(dialogue.turns)]
+        turn_ids = ids[at : at + len(dialogue.turns)]
         at += len(dialogue.turns)
         example, why = build_example(turn_ids, dialogue.weights, tokenizer.eos_token_id, max_seq_len)
         if example is None:
@@ -412,8 +417,14 @@ class DialogueBatches:
         bucket_lengths: padded lengths; default powers of two up to the longest example.
     """
 
-    def __init__(self, examples: Sequence[Example], batch_size: int, pad_token_id: int,
-                 seed: int = 0, bucket_lengths: Sequence[int] | None = None):
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        batch_size: int,
+        pad_token_id: int,
+        seed: int = 0,
+        bucket_lengths: Sequence[int] | None = None,
+    ):
         if not examples:
             raise DataError("no training examples: every dialogue was malformed, too long or had no loss")
         if batch_size <= 0:
@@ -425,16 +436,20 @@ class DialogueBatches:
         longest = max(ex.length for ex in self.examples)
         self.bucket_lengths = tuple(sorted(bucket_lengths or bucket_lengths_for(longest)))
         if self.bucket_lengths[-1] < longest:
-            raise ValueError(f"the longest example has {longest} tokens, more than the largest bucket {self.bucket_lengths[-1]}")
+            raise ValueError(
+                f"the longest example has {longest} tokens, more than the largest bucket {self.bucket_lengths[-1]}"
+            )  # noqa: E501
         self.batches_per_epoch = num_batches(self.examples, batch_size, self.bucket_lengths)
 
     def _tensors(self):
         import tensorflow as tf
 
         tokens = tf.RaggedTensor.from_row_lengths(
-            np.concatenate([ex.tokens for ex in self.examples]), [len(ex.tokens) for ex in self.examples])
+            np.concatenate([ex.tokens for ex in self.examples]), [len(ex.tokens) for ex in self.examples]
+        )
         weights = tf.RaggedTensor.from_row_lengths(
-            np.concatenate([ex.weights for ex in self.examples]), [ex.length for ex in self.examples])
+            np.concatenate([ex.weights for ex in self.examples]), [ex.length for ex in self.examples]
+        )
         return tokens, weights
 
     def _epoch(self, tokens, weights, epoch, skip_batches, shuffle: bool):
@@ -450,16 +465,19 @@ class DialogueBatches:
 
         def example(i):
             seq, w = tokens[i], weights[i]
-            return {"input_ids": seq[:-1], "attention_mask": tf.ones_like(w, tf.int32),
-                    "labels": seq[1:], "weights": w}
+            return {"input_ids": seq[:-1], "attention_mask": tf.ones_like(w, tf.int32), "labels": seq[1:], "weights": w}
 
         ds = tf.data.Dataset.from_tensor_slices(order).map(example)
         ds = ds.bucket_by_sequence_length(
             element_length_func=lambda e: tf.shape(e["weights"])[0],
             bucket_boundaries=[length + 1 for length in self.bucket_lengths],
             bucket_batch_sizes=[self.batch_size] * (len(self.bucket_lengths) + 1),
-            padding_values={"input_ids": self.pad_token_id, "attention_mask": 0,
-                            "labels": self.pad_token_id, "weights": 0.0},
+            padding_values={
+                "input_ids": self.pad_token_id,
+                "attention_mask": 0,
+                "labels": self.pad_token_id,
+                "weights": 0.0,
+            },
             pad_to_bucket_boundary=True,
         )
         ds = ds.map(self._fill_batch)
@@ -493,8 +511,9 @@ class DialogueBatches:
             raise ValueError(f"skip_batches must be in [0, {self.batches_per_epoch}), got {skip_batches}")
         tokens, weights = self._tensors()
         epochs = tf.data.Dataset.range(start_epoch, end_epoch)
-        ds = epochs.flat_map(lambda e: self._epoch(
-            tokens, weights, e, tf.where(e == start_epoch, skip_batches, 0), shuffle=True))
+        ds = epochs.flat_map(
+            lambda e: self._epoch(tokens, weights, e, tf.where(e == start_epoch, skip_batches, 0), shuffle=True)
+        )
         return self._finish(ds, (end_epoch - start_epoch) * self.batches_per_epoch - skip_batches)
 
     def eval_dataset(self):

@@ -153,11 +153,13 @@ def load_dialogues(data, strict: bool = False, what: str = "data") -> tuple[list
     if isinstance(data, (str, Path)):
         found: DialogueFile = read_dialogues(data, strict=strict)
         if found.issues:
-            logger.warning("%s %s: %s (skipped; strict mode raises instead)", what, found.path,
-                           describe_issues(found.issues))
+            logger.warning(
+                "%s %s: %s (skipped; strict mode raises instead)", what, found.path, describe_issues(found.issues)
+            )
         return found.dialogues, found.issues
-    dialogues = [d if isinstance(d, Dialogue) else Dialogue.from_turns(list(d), None, f"{what}[{i}]")
-                 for i, d in enumerate(data)]
+    dialogues = [
+        d if isinstance(d, Dialogue) else Dialogue.from_turns(list(d), None, f"{what}[{i}]") for i, d in enumerate(data)
+    ]
     return dialogues, []
 
 
@@ -187,27 +189,43 @@ def _resolve_jit(setting, strategy) -> bool:
 def compile_for_training(model, settings: TrainingSettings, total_updates: int, jit_compile: bool) -> None:
     """`model.compile` with this package's optimizer, loss and perplexity metric."""
     if getattr(model, "weight_quantization", None) is not None:
-        raise ValueError(f"model {model.name!r} holds {model.weight_quantization} weights and cannot be trained; "
-                         "fine-tune the float model and quantize the result")
+        raise ValueError(
+            f"model {model.name!r} holds {model.weight_quantization} weights and cannot be trained; "
+            "fine-tune the float model and quantize the result"
+        )
     warmup = settings.warmup_steps
     if warmup is None:
         warmup = int(0.1 * total_updates)
     optimizer = make_optimizer(
-        settings.learning_rate, total_updates, warmup_steps=warmup, decay=settings.decay,
-        weight_decay=settings.weight_decay, clip_norm=settings.clip_norm,
+        settings.learning_rate,
+        total_updates,
+        warmup_steps=warmup,
+        decay=settings.decay,
+        weight_decay=settings.weight_decay,
+        clip_norm=settings.clip_norm,
         accumulation_steps=settings.accumulation_steps,
     )
     # `weighted_metrics`: Keras passes the token weights only to these.
-    model.compile(optimizer=optimizer, loss=LanguageModelLoss(), weighted_metrics=[Perplexity()],
-                  jit_compile=jit_compile)
+    model.compile(
+        optimizer=optimizer, loss=LanguageModelLoss(), weighted_metrics=[Perplexity()], jit_compile=jit_compile
+    )
 
 
 # ---- finetune ------------------------------------------------------------------------------------
 
 
-def finetune(model="default", train=None, valid=None, output_dir=None, *, tokenizer=None,
-             settings: TrainingSettings | None = None, callbacks: Sequence = (), distribution=None,
-             **overrides) -> FinetuneResult:
+def finetune(
+    model="default",
+    train=None,
+    valid=None,
+    output_dir=None,
+    *,
+    tokenizer=None,
+    settings: TrainingSettings | None = None,
+    callbacks: Sequence = (),
+    distribution=None,
+    **overrides,
+) -> FinetuneResult:
     """Fine-tunes (or trains from scratch) a DialoGPT on dialogues and saves it in HF layout.
 
     Args:
@@ -252,13 +270,15 @@ def finetune(model="default", train=None, valid=None, output_dir=None, *, tokeni
     max_seq_len = _max_seq_len(settings.max_seq_len, model)
     train_examples = encode(train_dialogues, tokenizer, max_seq_len, "train")
     pad_id = tokenizer.eos_token_id
-    batches = DialogueBatches(train_examples.examples, settings.batch_size, pad_id, settings.seed,
-                              settings.bucket_lengths)
+    batches = DialogueBatches(
+        train_examples.examples, settings.batch_size, pad_id, settings.seed, settings.bucket_lengths
+    )
     valid_data = None
     if valid_dialogues:
         valid_examples = encode(valid_dialogues, tokenizer, max_seq_len, "valid")
-        valid_data = DialogueBatches(valid_examples.examples, settings.batch_size, pad_id, settings.seed,
-                                     settings.bucket_lengths).eval_dataset()
+        valid_data = DialogueBatches(
+            valid_examples.examples, settings.batch_size, pad_id, settings.seed, settings.bucket_lengths
+        ).eval_dataset()
 
     total_updates = max(1, math.ceil(batches.batches_per_epoch * settings.epochs / settings.accumulation_steps))
     with strategy.scope():
@@ -271,22 +291,29 @@ def finetune(model="default", train=None, valid=None, output_dir=None, *, tokeni
     if backup_dir:
         if not chief:  # every worker backs up and restores its own (identical) state
             backup_dir = f"{backup_dir}-{distribute.task_id()}"
-        backup = ResumableBackup(backup_dir, save_freq=settings.checkpoint_every or "epoch",
-                                 delete_checkpoint=False)
+        backup = ResumableBackup(backup_dir, save_freq=settings.checkpoint_every or "epoch", delete_checkpoint=False)
         all_callbacks.append(backup)
     if settings.tensorboard and output_dir and chief:
         if importlib.util.find_spec("tensorboard") is None:
             raise ImportError("TensorBoard logs need the `tensorboard` package: pip install tensorboard")
         all_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path(output_dir) / "logs")))
     if settings.early_stopping_patience is not None and valid_data is not None:
-        all_callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True))
+        all_callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True
+            )
+        )
 
     resumed = backup.state() if backup else None
     start_epoch, skip = (resumed["epoch"], resumed["batch"]) if resumed else (0, 0)
     if resumed:
-        logger.warning("resuming from %s: epoch %d, %d of %d batches done", backup_dir, start_epoch + 1, skip,
-                       batches.batches_per_epoch)
+        logger.warning(
+            "resuming from %s: epoch %d, %d of %d batches done",
+            backup_dir,
+            start_epoch + 1,
+            skip,
+            batches.batches_per_epoch,
+        )
     history: dict[str, list[float]] = {}
     fit_args = dict(validation_data=valid_data, callbacks=all_callbacks, verbose=settings.verbose, shuffle=False)
     _build_before_fit(model, strategy, batches)
@@ -294,7 +321,6 @@ def finetune(model="default", train=None, valid=None, output_dir=None, *, tokeni
         _fit(model, batches, settings, start_epoch, skip, backup, history, fit_args)
     if resumed and not skip and start_epoch >= settings.epochs:
         backup.restore(model)  # killed after its last epoch, before saving: nothing left to train
-
 
     if output_dir and chief:
         model.save_pretrained(output_dir, tokenizer=tokenizer)
@@ -310,23 +336,45 @@ def finetune(model="default", train=None, valid=None, output_dir=None, *, tokeni
         (Path(output_dir) / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
     if backup and backup_dir and Path(backup_dir).exists():
         shutil.rmtree(backup_dir, ignore_errors=True)
-    return FinetuneResult(model, tokenizer, history, train_issues, valid_issues, train_examples.skipped,
-                          resumed, str(output_dir) if output_dir else None)
+    return FinetuneResult(
+        model,
+        tokenizer,
+        history,
+        train_issues,
+        valid_issues,
+        train_examples.skipped,
+        resumed,
+        str(output_dir) if output_dir else None,
+    )
 
 
 def _fit(model, batches, settings, start_epoch, skip, backup, history, fit_args) -> None:
     if skip and start_epoch < settings.epochs:
         # Finish the interrupted epoch alone: Keras epochs have one length per `fit`.
         backup.batch_offset = skip
-        _merge(history, model.fit(batches.train_dataset(start_epoch, start_epoch + 1, skip),
-                                  initial_epoch=start_epoch, epochs=start_epoch + 1, **fit_args))
+        _merge(
+            history,
+            model.fit(
+                batches.train_dataset(start_epoch, start_epoch + 1, skip),
+                initial_epoch=start_epoch,
+                epochs=start_epoch + 1,
+                **fit_args,
+            ),
+        )
         start_epoch += 1
         if model.stop_training:  # early stopping
             return
     if start_epoch < settings.epochs:
-        _merge(history, model.fit(batches.train_dataset(start_epoch, settings.epochs),
-                                  steps_per_epoch=batches.batches_per_epoch,
-                                  initial_epoch=start_epoch, epochs=settings.epochs, **fit_args))
+        _merge(
+            history,
+            model.fit(
+                batches.train_dataset(start_epoch, settings.epochs),
+                steps_per_epoch=batches.batches_per_epoch,
+                initial_epoch=start_epoch,
+                epochs=settings.epochs,
+                **fit_args,
+            ),
+        )
 
 
 def _build_before_fit(model, strategy, batches) -> None:
@@ -360,7 +408,8 @@ def _multi_worker_logs(strategy):
         if reduction not in ("auto", "mean"):
             return original(values, strategy, reduction)
         return tf.nest.map_structure(
-            lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values)
+            lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values
+        )
 
     keras_tf_trainer.reduce_per_replica = reduce_per_replica
     try:
@@ -393,8 +442,14 @@ def perplexity(model, batches: DialogueBatches) -> dict[str, float]:
     return {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"), "tokens": int(count)}
 
 
-def generate_replies(model, tokenizer, contexts: Sequence[Sequence[str]], max_new_tokens: int = 32,
-                     max_seq_len: int | None = None, batch_size: int = 16) -> list[str]:
+def generate_replies(
+    model,
+    tokenizer,
+    contexts: Sequence[Sequence[str]],
+    max_new_tokens: int = 32,
+    max_seq_len: int | None = None,
+    batch_size: int = 16,
+) -> list[str]:
     """Greedy replies to each context (turns, oldest first), decoded without the EOS.
 
     Contexts keep their newest turns within `max_seq_len - max_new_tokens` tokens.
@@ -403,19 +458,29 @@ def generate_replies(model, tokenizer, contexts: Sequence[Sequence[str]], max_ne
     replies = []
     budget = max(1, _max_seq_len(max_seq_len, model) - max_new_tokens)
     for start in range(0, len(contexts), batch_size):
-        chunk = contexts[start: start + batch_size]
+        chunk = contexts[start : start + batch_size]
         histories = [tokenizer.encode_dialogue(list(turns), max_length=budget) for turns in chunk]
         input_ids, attention_mask = tokenizer.pad(histories, side="left")
-        out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=eos)
+        out = model.generate(
+            input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos
+        )
         for row in out.token_lists(eos):
             replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     return replies
 
 
-def evaluate(model="default", data=None, *, tokenizer=None, max_seq_len: int | None = None, batch_size: int = 8,
-             generate: bool = True, max_new_tokens: int = 32, max_dialogues: int | None = None,
-             strict: bool = False) -> dict[str, Any]:
+def evaluate(
+    model="default",
+    data=None,
+    *,
+    tokenizer=None,
+    max_seq_len: int | None = None,
+    batch_size: int = 8,
+    generate: bool = True,
+    max_new_tokens: int = 32,
+    max_dialogues: int | None = None,
+    strict: bool = False,
+) -> dict[str, Any]:
     """Perplexity on `data`, and the paper's reply metrics on greedy replies to its contexts.
 
     Each dialogue's last turn is the reference reply to the turns before it.
@@ -449,6 +514,8 @@ def evaluate(model="default", data=None, *, tokenizer=None, max_seq_len: int | N
         references = [d.turns[-1] for d in scored]
         replies = generate_replies(model, tokenizer, contexts, max_new_tokens, max_seq_len)
         results.update(reply_metrics(replies, references))
-        results["samples"] = [{"context": list(c), "reference": r, "reply": h}
-                              for c, r, h in list(zip(contexts, references, replies, strict=True))[:5]]
+        results["samples"] = [
+            {"context": list(c), "reference": r, "reply": h}
+            for c, r, h in list(zip(contexts, references, replies, strict=True))[:5]
+        ]
     return results

@@ -21,7 +21,7 @@ def _words(texts: Sequence[str], lowercase: bool) -> list[list[str]]:
 
 
 def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def distinct(hypotheses: Sequence[Sequence[str]], n: int) -> float:

@@ -30,8 +30,14 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         0.0001
     """
 
-    def __init__(self, peak_learning_rate: float, warmup_steps: int, total_steps: int,
-                 decay: str = "linear", accumulation_steps: int = 1):
+    def __init__(
+        self,
+        peak_learning_rate: float,
+        warmup_steps: int,
+        total_steps: int,
+        decay: str = "linear",
+        accumulation_steps: int = 1,
+    ):
         if decay not in DECAYS:
             raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
         if peak_learning_rate <= 0 or warmup_steps < 0 or total_steps <= 0 or accumulation_steps < 1:
@@ -73,9 +79,16 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int = 0, decay: str = "linear",
-                   weight_decay: float = 0.01, clip_norm: float | None = 1.0,
-                   accumulation_steps: int = 1, model=None) -> keras.optimizers.AdamW:
+def make_optimizer(
+    learning_rate: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    decay: str = "linear",
+    weight_decay: float = 0.01,
+    clip_norm: float | None = 1.0,
+    accumulation_steps: int = 1,
+    model=None,
+) -> keras.optimizers.AdamW:
     """AdamW over `WarmupDecay`, with global-norm clipping and gradient accumulation.
 
     Args:
