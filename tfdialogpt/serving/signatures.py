@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from tfdialogpt.serving.protos import DTYPE_ENUMS, DTYPE_NAMES
+
 # ---- names -----------------------------------------------------------------------------------
 
 DEFAULT_SIGNATURE = "serving_default"  # what TF Serving runs when a request names none
@@ -54,15 +56,9 @@ NEW_TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_WARMUP_PROMPT_LENGTHS = PROMPT_BUCKETS  # one warmup record per bucket that fits
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many
 
-# TensorFlow's DataType enum values (tensorflow/core/framework/types.proto) for the dtypes used.
-DTYPE_ENUMS = {"float32": 1, "int32": 3, "int64": 9}
-DTYPE_NAMES = {1: "DT_FLOAT", 3: "DT_INT32", 9: "DT_INT64"}
-# TensorFlow's names of the numpy dtypes a request may carry, for error messages.
-_TF_NAME_OF_NUMPY = {
-    "float16": "DT_HALF", "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "bool": "DT_BOOL",
-    "int8": "DT_INT8", "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64",
-    "uint8": "DT_UINT8", "uint16": "DT_UINT16", "uint32": "DT_UINT32", "uint64": "DT_UINT64",
-}
+# TensorFlow's DataType enum values and names (`"int32"` -> 3, 3 -> `"DT_INT32"`): the table of
+# `protos.py` (numpy only, like this module).
+_TF_NAME_OF_NUMPY = {dtype: DTYPE_NAMES[enum] for dtype, enum in DTYPE_ENUMS.items()}  # for messages
 
 
 class ContractError(ValueError):
