@@ -255,7 +255,8 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     import logging
 
-    from tfdialogpt.serving.server import serve, server_from_args
+    from tfdialogpt.serving.grpc_services import serve
+    from tfdialogpt.serving.server_options import server_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return serve(server_from_args(args), grace=args.grace)
@@ -421,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_arguments(p, model_default="default")
 
-    from tfdialogpt.serving.server import add_arguments as add_server_arguments
+    from tfdialogpt.serving.server_options import add_arguments as add_server_arguments
 
     p = _add_command(subparsers, "serve", "Serve exports over TF Serving's gRPC API (PredictionService).", """
         tfdialogpt serve --model-base-path ./models/dialogpt --model-name dialogpt --port 8500
@@ -449,7 +450,7 @@ def _version() -> str:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from tfdialogpt.checkpoint import CheckpointError
     from tfdialogpt.config import ConfigError
-    from tfdialogpt.serving.client import ServingError
+    from tfdialogpt.serving.errors import ServingError
     from tfdialogpt.tokenizer import TokenizerError
 
     return (CheckpointError, ConfigError, TokenizerError, ServingError, ValueError, FileNotFoundError,

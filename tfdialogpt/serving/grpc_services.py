@@ -1,0 +1,290 @@
+"""TF Serving's gRPC API, for machines without `tensorflow_model_server`.
+
+`ModelServer` serves the exports of `tfdialogpt.serving.export` (or any SavedModel in TF
+Serving's layout `BASE/<version>/saved_model.pb`) through the official services, built on
+`grpcio` and the `tensorflow-serving-api` servicers:
+- `PredictionService.Predict` and `PredictionService.GetModelMetadata`;
+- `ModelService.GetModelStatus`.
+
+Behaviour follows TF Serving's where it has one:
+- Versions: see `servables.ModelVersions` (newest `num_versions` served, new versions warmed up
+  beside the old one, a version that fails to load refused while the old one keeps serving).
+- Batching: see `batching.Batcher` (compatible deterministic requests merged up to
+  `max_batch_size` rows; a full queue answers RESOURCE_EXHAUSTED).
+- Bad requests get NOT_FOUND (unknown model or version) or INVALID_ARGUMENT (unknown signature,
+  missing or unexpected input, wrong dtype or shape, out-of-range value) with a message naming
+  the problem; the server stays up. Each failure is an `errors.ServingError` whose code and
+  details the services answer with (`_abort_on_error`).
+- SIGTERM (or SIGINT) stops accepting requests, lets those in flight finish within a grace
+  period, then exits with status 0 (`serve`).
+
+The command line (`python -m tfdialogpt.serving.server`, `tfdialogpt serve`) is in
+`server_options.py`.
+
+Example:
+    >>> server = ModelServer("/models/dialogpt", port=0).start()  # doctest: +SKIP
+    >>> server.port, server.stop()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+
+import grpc
+
+from tfdialogpt.serving import signatures as contract
+from tfdialogpt.serving.batching import Batcher, _Task, batch_key
+from tfdialogpt.serving.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServingError,
+    ServingTimeoutError,
+)
+from tfdialogpt.serving.protos import TensorDecodeError, apis, to_ndarray, to_tensor_proto
+from tfdialogpt.serving.servables import ModelVersions
+
+log = logging.getLogger("tfdialogpt.serving")
+
+DEFAULT_PORT = 8500
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _abort_on_error(method):
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except ServingError as err:
+            log.info("%s: %s: %s", method.__name__, err.code.name, err.details)
+            context.abort(err.code, err.details)
+        except concurrent.futures.CancelledError:
+            context.abort(grpc.StatusCode.CANCELLED, "the request was cancelled")
+        except Exception as err:  # a bug must cost one request, not the server
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+class ModelServer:
+    """TF Serving's gRPC API over the SavedModel versions under one base path.
+
+    Args:
+        base_path: `BASE/<version>/saved_model.pb` directories.
+        model_name: the name requests must use.
+        host, port: where to listen; port 0 picks a free one (see `.port` after `start()`).
+        poll_interval: seconds between scans of the base path for new versions.
+        num_versions: newest versions served at once.
+        max_batch_size, batch_timeout, num_batch_threads, max_queued: see `Batcher`.
+        warmup: run each version's warmup records before serving it.
+
+    Example:
+        >>> server = ModelServer("/models/dialogpt", port=0).start()  # doctest: +SKIP
+        >>> server.port, server.stop()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        base_path: str | None,
+        model_name: str = "dialogpt",
+        host: str = "0.0.0.0",
+        port: int = DEFAULT_PORT,
+        poll_interval: float = 1.0,
+        num_versions: int = 1,
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.002,
+        num_batch_threads: int = 2,
+        max_queued: int = 1024,
+        max_workers: int = 64,
+        warmup: bool = True,
+        models: Sequence[ModelVersions] = (),
+    ):
+        self.model_name = model_name
+        self.models = {m.name: m for m in models}
+        if base_path is not None:
+            self.models[model_name] = ModelVersions(model_name, base_path, num_versions, warmup)
+        if not self.models:
+            raise ValueError("nothing to serve: give base_path or models")
+        self.host, self.port = host, port
+        self.poll_interval = poll_interval
+        self.batcher = Batcher(max_batch_size, batch_timeout, num_batch_threads, max_queued)
+        self._server = grpc.server(
+            concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        api = apis()
+        api.prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self), self._server)
+        api.model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self), self._server)
+        self._stop_polling = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="version-poller", daemon=True)
+
+    def model(self, name: str) -> ModelVersions:
+        if name not in self.models:
+            raise ModelNotFoundError(
+                f"model {name!r} not found; this server serves {', '.join(repr(m) for m in self.models)}",
+            )
+        return self.models[name]
+
+    def start(self) -> ModelServer:
+        """Loads the current versions, then listens. Returns self."""
+        for model in self.models.values():
+            model.poll()
+            if not model.available_versions():
+                log.warning("model %r has no loadable version under %s yet; polling", model.name, model.base_path)
+        self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
+        if not self.port:
+            raise OSError(f"cannot listen on {self.host}:{self.port}")
+        self._server.start()
+        self._poller.start()
+        log.info("serving %s on %s:%d", ", ".join(repr(m) for m in self.models), self.host, self.port)
+        return self
+
+    def _poll_loop(self) -> None:
+        while not self._stop_polling.wait(self.poll_interval):
+            for model in self.models.values():
+                try:
+                    model.poll()
+                except Exception:  # keep polling whatever one pass hit
+                    log.exception("polling %s failed", model.base_path)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stops taking requests, lets those in flight finish (up to `grace` s), then stops."""
+        log.info("stopping: finishing requests in flight (grace %.1f s)", grace)
+        self._server.stop(grace).wait(grace + 5)
+        self._stop_polling.set()
+        self.batcher.stop()
+        if self._poller.is_alive():
+            self._poller.join(self.poll_interval + 5)
+        log.info("stopped")
+
+    # ---- request handling (shared by the servicers) ----
+    def predict(self, request, context):
+        spec = request.model_spec
+        model = self.model(spec.name)
+        if spec.version_label:
+            raise ModelNotFoundError(
+                f"version label {spec.version_label!r} of model {spec.name!r} is not defined; "
+                "this server has no labels, ask by version number",
+            )
+        version = spec.version.value if spec.HasField("version") else None
+        inputs = {}
+        for key, proto in request.inputs.items():
+            try:
+                inputs[key] = to_ndarray(proto)
+            except TensorDecodeError as err:
+                raise InvalidRequestError(f"input {key!r}: {err}") from None
+        servable = model.acquire(version)
+        try:
+            name = spec.signature_name or contract.DEFAULT_SIGNATURE
+            sig = servable.check(name, inputs)
+            unknown = sorted(set(request.output_filter) - set(servable.functions[name].structured_outputs))
+            if unknown:
+                raise InvalidRequestError(f"output_filter names {unknown[0]!r}, which signature {name!r} does not produce")
+            rows = int(inputs[sig.input_names[0]].shape[0]) if inputs[sig.input_names[0]].ndim else 1
+            task = _Task(servable, name, inputs, batch_key(servable, sig, inputs), rows)
+            future = self.batcher.submit(task)
+            if not context.add_callback(future.cancel):  # a client that goes away frees its slot
+                future.cancel()
+            timeout = context.time_remaining()
+            try:
+                outputs = future.result(timeout=None if timeout is None else max(timeout, 0.0))
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                raise ServingTimeoutError("the deadline passed while the request was queued or running") from None
+        finally:
+            servable.release()
+        response = apis().predict_pb2.PredictResponse()
+        response.model_spec.name = model.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = name
+        wanted = set(request.output_filter) or set(outputs)
+        for key, value in outputs.items():
+            if key in wanted:
+                to_tensor_proto(value, response.outputs[key])
+        return response
+
+    def metadata(self, request, context):
+        model = self.model(request.model_spec.name)
+        fields = list(request.metadata_field)
+        if fields != ["signature_def"]:
+            raise InvalidRequestError(f"metadata_field must be ['signature_def'] (the only one served); got {fields}")
+        version = request.model_spec.version.value if request.model_spec.HasField("version") else None
+        servable = model.acquire(version)
+        try:
+            api = apis()
+            response = api.get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = model.name
+            response.model_spec.version.value = servable.version
+            signature_map = api.get_model_metadata_pb2.SignatureDefMap()
+            for key, value in servable.signature_defs.items():
+                signature_map.signature_def[key].CopyFrom(value)
+            response.metadata["signature_def"].Pack(signature_map)
+            return response
+        finally:
+            servable.release()
+
+    def status(self, request, context):
+        model = self.model(request.model_spec.name)
+        version = request.model_spec.version.value if request.model_spec.HasField("version") else None
+        response = apis().get_model_status_pb2.GetModelStatusResponse()
+        for number, state in sorted(model.states(version).items()):
+            entry = response.model_version_status.add(version=number, state=state.state)
+            entry.status.error_code = state.error_code
+            entry.status.error_message = state.error_message
+        return response
+
+
+def _servicer_base(module: str, name: str):
+    return getattr(getattr(apis(), module), name)
+
+
+class _PredictionService(_servicer_base("prediction_service_pb2_grpc", "PredictionServiceServicer")):
+    def __init__(self, server: ModelServer):
+        self.server = server
+
+    @_abort_on_error
+    def Predict(self, request, context):  # noqa: N802 (gRPC's method names)
+        return self.server.predict(request, context)
+
+    @_abort_on_error
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        return self.server.metadata(request, context)
+
+
+class _ModelService(_servicer_base("model_service_pb2_grpc", "ModelServiceServicer")):
+    def __init__(self, server: ModelServer):
+        self.server = server
+
+    @_abort_on_error
+    def GetModelStatus(self, request, context):  # noqa: N802
+        return self.server.status(request, context)
+
+
+# ---- entry point -----------------------------------------------------------------------------
+
+
+def serve(server: ModelServer, grace: float = 10.0) -> int:
+    """Starts `server` and blocks until SIGTERM or SIGINT, then stops it cleanly. Returns 0."""
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        while not stop.wait(0.5):
+            pass
+        server.stop(grace)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
