@@ -51,6 +51,112 @@ def test_client_import_does_not_start_tensorflow():
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_errors_and_client_import_without_tensorflow():
+    code = (
+        "import sys; import tfdialogpt.serving.errors; import tfdialogpt.serving.client as c; c.apis(); "
+        "print('tensorflow' in sys.modules, 'numpy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_one_error_hierarchy_for_server_and_client():
+    from tfdialogpt import serving
+    from tfdialogpt.serving import client, errors
+
+    for name in (
+        "ServingError",
+        "InvalidRequestError",
+        "ModelNotFoundError",
+        "ServerUnavailableError",
+        "ResourceExhaustedError",
+        "ServingTimeoutError",
+    ):
+        assert getattr(client, name) is getattr(errors, name) is getattr(serving, name)
+    expected = {
+        errors.InvalidRequestError: (grpc.StatusCode.INVALID_ARGUMENT, ValueError),
+        errors.ModelNotFoundError: (grpc.StatusCode.NOT_FOUND, LookupError),
+        errors.ServerUnavailableError: (grpc.StatusCode.UNAVAILABLE, ConnectionError),
+        errors.ResourceExhaustedError: (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.ServerUnavailableError),
+        errors.ServingTimeoutError: (grpc.StatusCode.DEADLINE_EXCEEDED, TimeoutError),
+    }
+    for cls, (code, base) in expected.items():
+        err = cls("what went wrong")
+        assert (err.code, err.details, str(err)) == (code, "what went wrong", "what went wrong")
+        assert isinstance(err, errors.ServingError) and isinstance(err, base)
+    err = errors.ServingError("Predict failed with INTERNAL: boom", grpc.StatusCode.INTERNAL, "boom")
+    assert (err.code, err.details) == (grpc.StatusCode.INTERNAL, "boom")
+    assert errors.ServingError("x").code == grpc.StatusCode.UNKNOWN
+
+
+class _AbortingContext:
+    def abort(self, code, details):
+        self.aborted = (code, details)
+        raise RuntimeError("aborted")  # grpc's abort raises too
+
+
+def test_services_answer_a_serving_error_with_its_code_and_message():
+    from tfdialogpt.serving.errors import ModelNotFoundError, ResourceExhaustedError, ServingError
+    from tfdialogpt.serving.grpc_services import _abort_on_error
+
+    for err, expected in (
+        (ModelNotFoundError("model 'x' not found"), (grpc.StatusCode.NOT_FOUND, "model 'x' not found")),
+        (
+            ResourceExhaustedError("9 requests are queued"),
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, "9 requests are queued"),
+        ),
+        (
+            ServingError("signature 'g' failed: boom", grpc.StatusCode.INTERNAL),
+            (grpc.StatusCode.INTERNAL, "signature 'g' failed: boom"),
+        ),
+        (KeyError("bug"), (grpc.StatusCode.INTERNAL, "KeyError: 'bug'")),
+    ):
+
+        def method(self, request, context, err=err):
+            raise err
+
+        context = _AbortingContext()
+        with pytest.raises(RuntimeError, match="aborted"):
+            _abort_on_error(method)(None, None, context)
+        assert context.aborted == expected
+
+
+def test_batcher_refuses_when_full_or_stopping():
+    from tfdialogpt.serving.batching import Batcher, _Task
+    from tfdialogpt.serving.errors import ResourceExhaustedError, ServerUnavailableError
+
+    batcher = Batcher(max_batch_size=4, num_threads=0, max_queued=1)  # no worker: the queue fills
+    batcher.submit(_Task(None, "generate", {}, None, 1))
+    with pytest.raises(ResourceExhaustedError, match=r"1 requests are queued \(max_queued=1\)") as err:
+        batcher.submit(_Task(None, "generate", {}, None, 1))
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    batcher.stop()
+    with pytest.raises(ServerUnavailableError, match="shutting down") as err:
+        batcher.submit(_Task(None, "generate", {}, None, 1))
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_one_data_type_table_matches_tensorflow():
+    import tensorflow as tf
+
+    from tfdialogpt.serving.protos import DATA_TYPES, DTYPE_ENUMS, DTYPE_NAMES, dtype_name
+
+    assert contract.DTYPE_ENUMS is DTYPE_ENUMS and contract.DTYPE_NAMES is DTYPE_NAMES
+    for enum, (name, dtype, _field) in DATA_TYPES.items():
+        assert apis().types_pb2.DataType.Name(enum) == name == dtype_name(enum)
+        assert tf.dtypes.as_dtype(enum).as_numpy_dtype == dtype.type
+        assert DTYPE_ENUMS[dtype.name] == enum == tf.dtypes.as_dtype(dtype).as_datatype_enum
+    assert dtype_name(7) == "DT_STRING"  # outside the table: TensorFlow's own name
+    for sig in contract.SIGNATURES.values():
+        for spec in sig.inputs + sig.outputs:
+            assert spec.dtype_enum == tf.dtypes.as_dtype(spec.dtype).as_datatype_enum
+            assert (
+                spec.dtype_name
+                == "DT_" + {"float32": "FLOAT", "int32": "INT32", "int64": "INT64", "bool": "BOOL"}[spec.dtype]
+            )
+
+
 def test_tensor_protos_round_trip_and_match_tensorflow():
     import tensorflow as tf
 

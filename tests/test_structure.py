@@ -29,6 +29,7 @@ TF_FREE = [
     "tfdialogpt.checkpoint_files",
     "tfdialogpt._text_checks",
     "tfdialogpt.serving.signatures",
+    "tfdialogpt.serving.errors",
     "tfdialogpt.serving.client",
 ]
 

@@ -317,7 +317,7 @@ def _version() -> str:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from tfdialogpt.checkpoint import CheckpointError
     from tfdialogpt.config import ConfigError
-    from tfdialogpt.serving.client import ServingError
+    from tfdialogpt.serving.errors import ServingError
     from tfdialogpt.tokenizer import TokenizerError
 
     return (

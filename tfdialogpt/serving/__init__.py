@@ -17,11 +17,12 @@ _PUBLIC = {
     "Generation": "tfdialogpt.serving.client",
     "Scores": "tfdialogpt.serving.client",
     "ModelSpec": "tfdialogpt.serving.client",
-    "ServingError": "tfdialogpt.serving.client",
-    "InvalidRequestError": "tfdialogpt.serving.client",
-    "ModelNotFoundError": "tfdialogpt.serving.client",
-    "ServerUnavailableError": "tfdialogpt.serving.client",
-    "ServingTimeoutError": "tfdialogpt.serving.client",
+    "ServingError": "tfdialogpt.serving.errors",
+    "InvalidRequestError": "tfdialogpt.serving.errors",
+    "ModelNotFoundError": "tfdialogpt.serving.errors",
+    "ServerUnavailableError": "tfdialogpt.serving.errors",
+    "ResourceExhaustedError": "tfdialogpt.serving.errors",
+    "ServingTimeoutError": "tfdialogpt.serving.errors",
     "ModelServer": "tfdialogpt.serving.grpc_services",
 }
 

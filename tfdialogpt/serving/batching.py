@@ -1,26 +1,34 @@
-"""Request batching for the server: concurrent requests that can share a run are merged up to
-`max_batch_size` rows, run once, and split back; a full queue answers RESOURCE_EXHAUSTED."""
+"""Our request batcher: a queue served by worker threads that merges compatible requests.
+
+Requests that can share a run (same version, signature, prompt length and parameters, and
+deterministic: greedy generate or score; see `batch_key`) are concatenated along the batch axis
+up to `max_batch_size` rows, run once, and split again. Sampled requests run alone, so a seed
+gives the same tokens whatever else is in flight. A full queue answers RESOURCE_EXHAUSTED; no
+request is dropped silently.
+
+Example:
+    >>> batcher = Batcher(max_batch_size=8, batch_timeout=0.002)  # doctest: +SKIP
+    >>> task = _Task(servable, "generate", inputs, batch_key(servable, sig, inputs), rows=1)  # doctest: +SKIP
+    >>> batcher.submit(task).result()["sequences"]  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
 import dataclasses
-import logging
 import threading
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import grpc
 import numpy as np
 
 from tfdialogpt.serving import signatures as contract
-from tfdialogpt.serving.servables import Servable, ServingError
+from tfdialogpt.serving.errors import ResourceExhaustedError, ServerUnavailableError, ServingError
 
-log = logging.getLogger("tfdialogpt.serving")
-
-DEFAULT_PORT = 8500
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+if TYPE_CHECKING:
+    from tfdialogpt.serving.servables import Servable
 
 
 @dataclasses.dataclass(eq=False)
@@ -73,10 +81,9 @@ class Batcher:
     def submit(self, task: _Task) -> concurrent.futures.Future:
         with self._cond:
             if self._stopping:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+                raise ServerUnavailableError("the server is shutting down")
             if len(self._queue) >= self.max_queued:
-                raise ServingError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                raise ResourceExhaustedError(
                     f"{len(self._queue)} requests are queued (max_queued={self.max_queued}); retry later",
                 )
             self._queue.append(task)
@@ -156,6 +163,3 @@ class Batcher:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout)
-
-
-# ---- the gRPC services -----------------------------------------------------------------------

@@ -26,53 +26,19 @@ import numpy as np
 from tfdialogpt import padding
 from tfdialogpt.generation_config import SEED_LIMIT, SETTINGS, GenerationConfig
 from tfdialogpt.serving import signatures as contract
+from tfdialogpt.serving.errors import ERROR_CLASSES as _ERROR_CLASSES
+from tfdialogpt.serving.errors import (  # noqa: F401 (re-exported: the client raises these)
+    InvalidRequestError,
+    ModelNotFoundError,
+    ResourceExhaustedError,
+    ServerUnavailableError,
+    ServingError,
+    ServingTimeoutError,
+)
 from tfdialogpt.serving.protos import apis, to_ndarray, to_tensor_proto
 
 DEFAULT_TIMEOUT = 30.0  # seconds, for every call unless the call says otherwise
 GPT2_EOS_ID = 50256
-
-
-# ---- errors ----------------------------------------------------------------------------------
-
-
-class ServingError(RuntimeError):
-    """A call to the model server failed.
-
-    Attributes:
-        code: the gRPC status code (`grpc.StatusCode`).
-        details: the server's message.
-    """
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None, details: str = ""):
-        super().__init__(message)
-        self.code = code
-        self.details = details
-
-
-class InvalidRequestError(ServingError, ValueError):
-    """INVALID_ARGUMENT: the server refused the request (the message says what is wrong)."""
-
-
-class ModelNotFoundError(ServingError, LookupError):
-    """NOT_FOUND: no such model or version on the server."""
-
-
-class ServerUnavailableError(ServingError, ConnectionError):
-    """UNAVAILABLE / RESOURCE_EXHAUSTED: the server is not reachable or is shedding load."""
-
-
-class ServingTimeoutError(ServingError, TimeoutError):
-    """DEADLINE_EXCEEDED: no answer within the call's timeout."""
-
-
-_ERROR_CLASSES = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
-    grpc.StatusCode.FAILED_PRECONDITION: InvalidRequestError,
-    grpc.StatusCode.NOT_FOUND: ModelNotFoundError,
-    grpc.StatusCode.UNAVAILABLE: ServerUnavailableError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ServerUnavailableError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: ServingTimeoutError,
-}
 
 
 # ---- results ---------------------------------------------------------------------------------

@@ -1,5 +1,30 @@
-"""The gRPC services (TF Serving's `PredictionService` and `ModelService`) over the loaded
-versions and the batcher, and `serve()`, which runs a server until SIGTERM / SIGINT."""
+"""TF Serving's gRPC API, for machines without `tensorflow_model_server`.
+
+`ModelServer` serves the exports of `tfdialogpt.serving.export` (or any SavedModel in TF
+Serving's layout `BASE/<version>/saved_model.pb`) through the official services, built on
+`grpcio` and the `tensorflow-serving-api` servicers:
+- `PredictionService.Predict` and `PredictionService.GetModelMetadata`;
+- `ModelService.GetModelStatus`.
+
+Behaviour follows TF Serving's where it has one:
+- Versions: see `servables.ModelVersions` (newest `num_versions` served, new versions warmed up
+  beside the old one, a version that fails to load refused while the old one keeps serving).
+- Batching: see `batching.Batcher` (compatible deterministic requests merged up to
+  `max_batch_size` rows; a full queue answers RESOURCE_EXHAUSTED).
+- Bad requests get NOT_FOUND (unknown model or version) or INVALID_ARGUMENT (unknown signature,
+  missing or unexpected input, wrong dtype or shape, out-of-range value) with a message naming
+  the problem; the server stays up. Each failure is an `errors.ServingError` whose code and
+  details the services answer with (`_abort_on_error`).
+- SIGTERM (or SIGINT) stops accepting requests, lets those in flight finish within a grace
+  period, then exits with status 0 (`serve`).
+
+The command line (`python -m tfdialogpt.serving.server`, `tfdialogpt serve`) is in
+`server_options.py`.
+
+Example:
+    >>> server = ModelServer("/models/dialogpt", port=0).start()  # doctest: +SKIP
+    >>> server.port, server.stop()  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
@@ -13,13 +38,14 @@ import grpc
 
 from tfdialogpt.serving import signatures as contract
 from tfdialogpt.serving.batching import Batcher, _Task, batch_key
-from tfdialogpt.serving.protos import (
-    TensorDecodeError,
-    apis,
-    to_ndarray,
-    to_tensor_proto,
+from tfdialogpt.serving.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServingError,
+    ServingTimeoutError,
 )
-from tfdialogpt.serving.servables import ModelVersions, ServingError, _invalid
+from tfdialogpt.serving.protos import TensorDecodeError, apis, to_ndarray, to_tensor_proto
+from tfdialogpt.serving.servables import ModelVersions
 
 log = logging.getLogger("tfdialogpt.serving")
 
@@ -32,8 +58,8 @@ def _abort_on_error(method):
         try:
             return method(self, request, context)
         except ServingError as err:
-            log.info("%s: %s: %s", method.__name__, err.code.name, err.message)
-            context.abort(err.code, err.message)
+            log.info("%s: %s: %s", method.__name__, err.code.name, err.details)
+            context.abort(err.code, err.details)
         except concurrent.futures.CancelledError:
             context.abort(grpc.StatusCode.CANCELLED, "the request was cancelled")
         except Exception as err:  # a bug must cost one request, not the server
@@ -101,8 +127,7 @@ class ModelServer:
 
     def model(self, name: str) -> ModelVersions:
         if name not in self.models:
-            raise ServingError(
-                grpc.StatusCode.NOT_FOUND,
+            raise ModelNotFoundError(
                 f"model {name!r} not found; this server serves {', '.join(repr(m) for m in self.models)}",
             )
         return self.models[name]
@@ -144,8 +169,7 @@ class ModelServer:
         spec = request.model_spec
         model = self.model(spec.name)
         if spec.version_label:
-            raise ServingError(
-                grpc.StatusCode.NOT_FOUND,
+            raise ModelNotFoundError(
                 f"version label {spec.version_label!r} of model {spec.name!r} is not defined; "
                 "this server has no labels, ask by version number",
             )
@@ -155,14 +179,16 @@ class ModelServer:
             try:
                 inputs[key] = to_ndarray(proto)
             except TensorDecodeError as err:
-                raise _invalid(f"input {key!r}: {err}") from None
+                raise InvalidRequestError(f"input {key!r}: {err}") from None
         servable = model.acquire(version)
         try:
             name = spec.signature_name or contract.DEFAULT_SIGNATURE
             sig = servable.check(name, inputs)
             unknown = sorted(set(request.output_filter) - set(servable.functions[name].structured_outputs))
             if unknown:
-                raise _invalid(f"output_filter names {unknown[0]!r}, which signature {name!r} does not produce")
+                raise InvalidRequestError(
+                    f"output_filter names {unknown[0]!r}, which signature {name!r} does not produce"
+                )
             rows = int(inputs[sig.input_names[0]].shape[0]) if inputs[sig.input_names[0]].ndim else 1
             task = _Task(servable, name, inputs, batch_key(servable, sig, inputs), rows)
             future = self.batcher.submit(task)
@@ -173,9 +199,7 @@ class ModelServer:
                 outputs = future.result(timeout=None if timeout is None else max(timeout, 0.0))
             except concurrent.futures.TimeoutError:
                 future.cancel()
-                raise ServingError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed while the request was queued or running"
-                ) from None
+                raise ServingTimeoutError("the deadline passed while the request was queued or running") from None
         finally:
             servable.release()
         response = apis().predict_pb2.PredictResponse()
@@ -192,7 +216,7 @@ class ModelServer:
         model = self.model(request.model_spec.name)
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
-            raise _invalid(f"metadata_field must be ['signature_def'] (the only one served); got {fields}")
+            raise InvalidRequestError(f"metadata_field must be ['signature_def'] (the only one served); got {fields}")
         version = request.model_spec.version.value if request.model_spec.HasField("version") else None
         servable = model.acquire(version)
         try:

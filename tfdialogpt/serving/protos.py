@@ -91,21 +91,26 @@ def apis() -> types.SimpleNamespace:
 
 # ---- numpy <-> TensorProto -------------------------------------------------------------------
 
-# DataType enum -> (numpy dtype, TensorProto field holding typed values).
-_DTYPES: dict[int, tuple[np.dtype, str]] = {
-    1: (np.dtype(np.float32), "float_val"),  # DT_FLOAT
-    2: (np.dtype(np.float64), "double_val"),  # DT_DOUBLE
-    3: (np.dtype(np.int32), "int_val"),  # DT_INT32
-    4: (np.dtype(np.uint8), "int_val"),  # DT_UINT8
-    5: (np.dtype(np.int16), "int_val"),  # DT_INT16
-    6: (np.dtype(np.int8), "int_val"),  # DT_INT8
-    9: (np.dtype(np.int64), "int64_val"),  # DT_INT64
-    10: (np.dtype(np.bool_), "bool_val"),  # DT_BOOL
-    17: (np.dtype(np.uint16), "int_val"),  # DT_UINT16
-    19: (np.dtype(np.float16), "half_val"),  # DT_HALF, values stored as their bit patterns
-    22: (np.dtype(np.uint32), "uint32_val"),  # DT_UINT32
-    23: (np.dtype(np.uint64), "uint64_val"),  # DT_UINT64
+# TensorFlow's DataType enum values (tensorflow/core/framework/types.proto) for the numeric
+# dtypes, the one table of them: enum -> (TensorFlow's name, numpy dtype, TensorProto field
+# holding typed values). `signatures.py` takes its dtype enums and names from here.
+DATA_TYPES: dict[int, tuple[str, np.dtype, str]] = {
+    1: ("DT_FLOAT", np.dtype(np.float32), "float_val"),
+    2: ("DT_DOUBLE", np.dtype(np.float64), "double_val"),
+    3: ("DT_INT32", np.dtype(np.int32), "int_val"),
+    4: ("DT_UINT8", np.dtype(np.uint8), "int_val"),
+    5: ("DT_INT16", np.dtype(np.int16), "int_val"),
+    6: ("DT_INT8", np.dtype(np.int8), "int_val"),
+    9: ("DT_INT64", np.dtype(np.int64), "int64_val"),
+    10: ("DT_BOOL", np.dtype(np.bool_), "bool_val"),
+    17: ("DT_UINT16", np.dtype(np.uint16), "int_val"),
+    19: ("DT_HALF", np.dtype(np.float16), "half_val"),  # values stored as their bit patterns
+    22: ("DT_UINT32", np.dtype(np.uint32), "uint32_val"),
+    23: ("DT_UINT64", np.dtype(np.uint64), "uint64_val"),
 }
+DTYPE_ENUMS: dict[str, int] = {dtype.name: enum for enum, (_, dtype, _) in DATA_TYPES.items()}  # "int32" -> 3
+DTYPE_NAMES: dict[int, str] = {enum: name for enum, (name, _, _) in DATA_TYPES.items()}  # 3 -> "DT_INT32"
+_DTYPES = {enum: (dtype, field) for enum, (_, dtype, field) in DATA_TYPES.items()}
 _ENUM_OF = {dtype: enum for enum, (dtype, _) in _DTYPES.items()}
 
 
@@ -115,6 +120,8 @@ class TensorDecodeError(ValueError):
 
 def dtype_name(enum: int) -> str:
     """`3` -> `"DT_INT32"`."""
+    if enum in DTYPE_NAMES:
+        return DTYPE_NAMES[enum]
     try:
         return apis().types_pb2.DataType.Name(enum)
     except ValueError:

@@ -1,6 +1,22 @@
-"""Loaded versions of served models: each SavedModel version with its signatures, limits and
-warm-up, and the per-model version table polled from the base directory (TF Serving's
-version policy: the newest `num_versions`)."""
+"""The versions of a served model: each one loaded, warmed up, served and unloaded as TF Serving does.
+
+- `Servable` is one loaded SavedModel version (`BASE/<version>/saved_model.pb`): its
+  signatures (the contract's, checked against the loaded ones), its export limits, and a count
+  of requests in flight so an unload waits for them.
+- `ModelVersions` polls a model's base directory: the newest `num_versions` versions are served
+  and a request without a version gets the newest. A new version is loaded (and warmed up from
+  its `assets.extra/tf_serving_warmup_requests`) beside the old one, then takes over; requests
+  in flight finish on the version they started on. A version that fails to load is refused
+  with a logged error while the old one keeps serving; it is retried only if its files change
+  (`_fingerprint`).
+
+TensorFlow is imported only when a version is loaded or run.
+
+Example:
+    >>> versions = ModelVersions("dialogpt", "/models/dialogpt", num_versions=2)  # doctest: +SKIP
+    >>> versions.poll(); versions.available_versions()  # doctest: +SKIP
+    [1, 2]
+"""
 
 from __future__ import annotations
 
@@ -16,29 +32,10 @@ import grpc
 import numpy as np
 
 from tfdialogpt.serving import signatures as contract
-from tfdialogpt.serving.protos import (
-    apis,
-    to_ndarray,
-)
+from tfdialogpt.serving.errors import InvalidRequestError, ModelNotFoundError, ServingError
+from tfdialogpt.serving.protos import apis, to_ndarray
 
 log = logging.getLogger("tfdialogpt.serving")
-
-DEFAULT_PORT = 8500
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-class ServingError(Exception):
-    """A request that fails with a gRPC status code and a message for the caller."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _invalid(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
 
 # ---- one loaded version ----------------------------------------------------------------------
 
@@ -114,10 +111,10 @@ class Servable:
         return count
 
     def check(self, name: str, inputs: Mapping[str, np.ndarray]) -> contract.Signature:
-        """The signature `name` after checking `inputs` against it; raises `ServingError`."""
+        """The signature `name` after checking `inputs` against it; raises `InvalidRequestError`."""
         name = name or contract.DEFAULT_SIGNATURE
         if name not in self.functions:
-            raise _invalid(
+            raise InvalidRequestError(
                 f"signature {name!r} not found in model {self.model_name!r} version {self.version}; "
                 f"it has {', '.join(sorted(self.functions))}"
             )
@@ -125,7 +122,7 @@ class Servable:
         try:
             contract.check_inputs(sig, inputs, self.limits)
         except contract.ContractError as err:
-            raise _invalid(str(err)) from None
+            raise InvalidRequestError(str(err)) from None
         return sig
 
     def run(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -136,9 +133,9 @@ class Servable:
         try:
             outputs = fn(**{key: tf.constant(value) for key, value in inputs.items()})
         except tf.errors.InvalidArgumentError as err:
-            raise _invalid(f"signature {name!r} rejected the request: {err.message}") from None
+            raise InvalidRequestError(f"signature {name!r} rejected the request: {err.message}") from None
         except (tf.errors.OpError, ValueError, TypeError) as err:
-            raise ServingError(grpc.StatusCode.INTERNAL, f"signature {name!r} failed: {err}") from None
+            raise ServingError(f"signature {name!r} failed: {err}", grpc.StatusCode.INTERNAL) from None
         return {key: value.numpy() for key, value in outputs.items()}
 
     # In-flight accounting, so an unloaded version is released only when idle.
@@ -285,20 +282,18 @@ class ModelVersions:
         """The servable for `version` (newest if None), marked in flight; call `release()`.
 
         Raises:
-            ServingError: NOT_FOUND if the version is not being served.
+            ModelNotFoundError: NOT_FOUND if the version is not being served.
         """
         with self._lock:
             if not self._servables:
-                raise ServingError(
-                    grpc.StatusCode.NOT_FOUND,
+                raise ModelNotFoundError(
                     f"model {self.name!r} has no version available yet (base path {self.base_path})",
                 )
             if version is None:
                 version = max(self._servables)
             servable = self._servables.get(version)
             if servable is None:
-                raise ServingError(
-                    grpc.StatusCode.NOT_FOUND,
+                raise ModelNotFoundError(
                     f"version {version} of model {self.name!r} is not being served; available: "
                     f"{sorted(self._servables)}",
                 )
@@ -310,11 +305,7 @@ class ModelVersions:
             if version is None:
                 return dict(self._states)
             if version not in self._states:
-                raise ServingError(
-                    grpc.StatusCode.NOT_FOUND,
+                raise ModelNotFoundError(
                     f"version {version} of model {self.name!r} was never seen; known: {sorted(self._states)}",
                 )
             return {version: self._states[version]}
-
-
-# ---- batching --------------------------------------------------------------------------------

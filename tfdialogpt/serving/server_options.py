@@ -1,5 +1,13 @@
-"""`tfdialogpt serve`'s options: flags, TF Serving's `--model_config_file` and
-`--batching_parameters_file` text formats, and the server built from them."""
+"""The model server's command line: options, TF Serving's config files, the entry point.
+
+`python -m tfdialogpt.serving.server` and `tfdialogpt serve` share `add_arguments`; both
+accept TF Serving's own files, so a deployment's `models.config` and batching parameters run
+here unchanged: `--model-config-file` (`read_model_config`) and `--batching-parameters-file`
+(`read_batching_parameters`).
+
+Example:
+    $ python -m tfdialogpt.serving.server --model-base-path /models/dialogpt --port 8500
+"""
 
 from __future__ import annotations
 
@@ -9,13 +17,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tfdialogpt.serving.grpc_services import ModelServer, serve
+from tfdialogpt.serving.grpc_services import DEFAULT_PORT, ModelServer, serve
 from tfdialogpt.serving.servables import ModelVersions
-
-log = logging.getLogger("tfdialogpt.serving")
-
-DEFAULT_PORT = 8500
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def read_model_config(path: str, warmup: bool = True) -> list[ModelVersions]:
@@ -68,6 +71,7 @@ def read_batching_parameters(path: str) -> dict[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m tfdialogpt.serving.server`."""
     parser = argparse.ArgumentParser(
         prog="python -m tfdialogpt.serving.server",
         description="Serve SavedModel exports over TF Serving's gRPC API (where tensorflow_model_server is absent).",
@@ -97,6 +101,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def server_from_args(args: argparse.Namespace) -> ModelServer:
+    """A `ModelServer` (not started) from parsed `add_arguments` options.
+
+    A batching parameters file overrides the batch options; the model config file's models
+    are served beside `--model-base-path`'s.
+    """
     if (args.model_base_path is None) == (args.model_config_file is None):
         raise ValueError("give exactly one of --model-base-path and --model-config-file")
     if args.batching_parameters_file:
@@ -124,6 +133,7 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parses `argv`, then serves until SIGTERM or SIGINT (see `serve`); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.model_base_path is None) == (args.model_config_file is None):
@@ -131,7 +141,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return serve(server_from_args(args), grace=args.grace)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Defined once here and used by all three sides:
 - `export.py` builds the SavedModel's signatures from `SIGNATURES` (`tf_input_signature`);
-- `server.py` checks every request against it (`check_inputs`) and answers bad ones with
+- `servables.py` checks every request against it (`check_inputs`) and answers bad ones with
   INVALID_ARGUMENT and a message naming the input and what was expected;
 - `client.py` builds requests from it.
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from tfdialogpt.generation_config import SERVED, SETTINGS, Setting
 from tfdialogpt.padding import NEW_TOKEN_BUCKETS, PROMPT_BUCKETS, padded_length  # noqa: F401 (the contract's)
+from tfdialogpt.serving.protos import DTYPE_ENUMS, DTYPE_NAMES
 
 # ---- names -----------------------------------------------------------------------------------
 
@@ -55,24 +56,9 @@ DEFAULT_MAX_NEW_TOKENS_CAP = 64  # the decoding buffer every generate call preal
 DEFAULT_WARMUP_PROMPT_LENGTHS = PROMPT_BUCKETS  # one warmup record per bucket that fits
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many
 
-# TensorFlow's DataType enum values (tensorflow/core/framework/types.proto) for the dtypes used.
-DTYPE_ENUMS = {"float32": 1, "int32": 3, "int64": 9, "bool": 10}
-DTYPE_NAMES = {1: "DT_FLOAT", 3: "DT_INT32", 9: "DT_INT64", 10: "DT_BOOL"}
-# TensorFlow's names of the numpy dtypes a request may carry, for error messages.
-_TF_NAME_OF_NUMPY = {
-    "float16": "DT_HALF",
-    "float32": "DT_FLOAT",
-    "float64": "DT_DOUBLE",
-    "bool": "DT_BOOL",
-    "int8": "DT_INT8",
-    "int16": "DT_INT16",
-    "int32": "DT_INT32",
-    "int64": "DT_INT64",
-    "uint8": "DT_UINT8",
-    "uint16": "DT_UINT16",
-    "uint32": "DT_UINT32",
-    "uint64": "DT_UINT64",
-}
+# TensorFlow's DataType enum values and names (`"int32"` -> 3, 3 -> `"DT_INT32"`): the table of
+# `protos.py` (numpy only, like this module).
+_TF_NAME_OF_NUMPY = {dtype: DTYPE_NAMES[enum] for dtype, enum in DTYPE_ENUMS.items()}  # for messages
 
 
 class ContractError(ValueError):
