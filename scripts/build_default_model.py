@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     from tfdialogpt import DialoGPT, DialoGPTConfig
     from tfdialogpt.training import evaluate, finetune, read_dialogues
     from tfdialogpt.training.bpe import train_byte_level_bpe
-    from tfdialogpt.training.finetune import generate_replies
+    from tfdialogpt.training.evaluation import generate_replies
 
     started = time.time()
     keras.utils.set_random_seed(args.seed)

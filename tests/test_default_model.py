@@ -44,7 +44,7 @@ def test_loads_without_network(monkeypatch):
 
 
 def test_hello_gets_a_greeting(default_model):
-    from tfdialogpt.training.finetune import generate_replies
+    from tfdialogpt.training.evaluation import generate_replies
 
     model, tokenizer = default_model
     hello, hi, how = generate_replies(model, tokenizer, [["Hello"], ["Hi"], ["How are you?"]], max_new_tokens=16)

@@ -216,7 +216,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from tfdialogpt.training.finetune import finetune
+    from tfdialogpt.training.fit import finetune
 
     result = finetune(
         args.model, args.train, args.valid, args.output,
@@ -235,7 +235,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from tfdialogpt.training.finetune import evaluate
+    from tfdialogpt.training.evaluation import evaluate
 
     results = evaluate(args.model, args.data, max_seq_len=args.max_seq_len, batch_size=args.batch_size,
                        generate=not args.no_generate, max_new_tokens=args.max_new_tokens,
