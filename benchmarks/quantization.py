@@ -49,8 +49,8 @@ def validation_dialogues():
 
 def argmax_agreement(float_model, int8_model, tokenizer, dialogues, max_seq_len: int) -> tuple[float, int]:
     """Share of scored positions (loss weight > 0) where both models' argmax agree."""
-    from tfdialogpt.training.data import DialogueBatches
-    from tfdialogpt.training.finetune import encode
+    from tfdialogpt.training.examples import encode
+    from tfdialogpt.training.pipeline import DialogueBatches
 
     encoded = encode(dialogues, tokenizer, max_seq_len, "data")
     batches = DialogueBatches(encoded.examples, 16, tokenizer.eos_token_id)
@@ -67,7 +67,7 @@ def argmax_agreement(float_model, int8_model, tokenizer, dialogues, max_seq_len:
 def trained_model_part(model_name: str, max_seq_len: int = 128) -> dict:
     from tfdialogpt import DialoGPT, Tokenizer
     from tfdialogpt.training import evaluate
-    from tfdialogpt.training.finetune import generate_replies
+    from tfdialogpt.training.evaluation import generate_replies
 
     valid = validation_dialogues()
     tokenizer = Tokenizer.from_pretrained(model_name)

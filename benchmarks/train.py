@@ -36,7 +36,7 @@ def run_tensorflow(args) -> dict:
 
     from tfdialogpt import DialoGPT, DialoGPTConfig
     from tfdialogpt.training import TrainingSettings, dtype_policy
-    from tfdialogpt.training.finetune import compile_for_training
+    from tfdialogpt.training.fit import compile_for_training
 
     keras.utils.set_random_seed(0)
     config = DialoGPTConfig(

@@ -1,7 +1,7 @@
 """Rebuilds the embedded default model, `tfdialogpt/assets/default/`, deterministically.
 
 A small DialoGPT-architecture model trained from scratch, by this package's own pipeline
-(`tfdialogpt.training.finetune`), on the English chatterbot-corpus (BSD, `pip install
+(`tfdialogpt.training.fit`), on the English chatterbot-corpus (BSD, `pip install
 chatterbot-corpus==1.3.3 --no-deps`), with its own byte-level BPE trained by `tokenizers`:
 
 1. read every English `.yml` with `read_dialogues`, drop duplicate conversations, cut long
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     from tfdialogpt import DialoGPT, DialoGPTConfig
     from tfdialogpt.training import evaluate, finetune, read_dialogues
     from tfdialogpt.training.bpe import train_byte_level_bpe
-    from tfdialogpt.training.finetune import generate_replies
+    from tfdialogpt.training.evaluation import generate_replies
 
     started = time.time()
     keras.utils.set_random_seed(args.seed)

@@ -127,14 +127,14 @@ def test_generate_with_int8_weights():
 def test_chat_with_a_server_budgets_by_the_model_config(monkeypatch, tmp_path):
     """`chat --server` sizes histories by the served model's config (--model, here the default
     one), not by GPT-2's 1024 positions, and refuses a config the tokenizer does not fit."""
-    from tfdialogpt import cli
+    from tfdialogpt import cli, commands
     from tfdialogpt.checkpoint import load_config
     from tfdialogpt.config import DialoGPTConfig
     from tfdialogpt.serving.client import Client
 
     monkeypatch.setattr(Client, "wait_until_available", lambda self, timeout=60.0, poll=0.2: 1)
     parse = cli.build_parser().parse_args
-    chat = cli._make_chat(parse(["chat", "--server", "localhost:1"]))
+    chat = commands._make_chat(parse(["chat", "--server", "localhost:1"]))
     try:
         config = load_config("default")
         assert config.max_positions < 1024
@@ -145,7 +145,7 @@ def test_chat_with_a_server_budgets_by_the_model_config(monkeypatch, tmp_path):
     small = tmp_path / "small-vocab"
     DialoGPTConfig(vocab_size=100, max_positions=64, hidden_size=8, num_layers=1, num_heads=2).save(small)
     with pytest.raises(ValueError, match="--model names the served model"):
-        cli._make_chat(parse(["chat", "--server", "localhost:1", "--model", str(small), "--tokenizer", "default"]))
+        commands._make_chat(parse(["chat", "--server", "localhost:1", "--model", str(small), "--tokenizer", "default"]))
 
 
 def test_chat_from_a_pipe(default_greedy):

@@ -4,15 +4,17 @@ layout, and the tf.data pipeline (buckets, fixed batch size, seeded order, resum
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tfdialogpt.training.data import (
+from tfdialogpt.training.examples import Example, build_example
+from tfdialogpt.training.pipeline import DialogueBatches
+from tfdialogpt.training.readers import (
     DataError,
-    DialogueBatches,
-    Example,
-    build_example,
     parse_tsv_line,
     read_chatterbot_yaml,
     read_dialogues,
@@ -56,7 +58,7 @@ def test_tsv_malformed_lines_reported_by_number_and_nothing_else_lost(tmp_path):
     assert found.dialogues[0].turns == ("hello", "hi", "how are you ?")
     assert found.dialogues[1].weights == (0.0, 1.0, 0.5)
     assert found.dialogues[2].turns == ("q", "r")
-    with pytest.raises(DataError) as err:
+    with pytest.raises(DataError, match="4 malformed lines") as err:
         read_tsv(path, strict=True)
     assert f"{path}:2:" in str(err.value) and f"{path}:7:" in str(err.value)
     assert [issue.line for issue in err.value.issues] == [2, 5, 6, 7]
@@ -112,6 +114,26 @@ def test_read_dialogues_by_extension_and_directory(tmp_path):
         read_dialogues(tmp_path / "notes.txt")
     with pytest.raises(DataError, match="does not exist"):
         read_dialogues(tmp_path / "missing.tsv")
+
+
+def test_readers_and_example_layout_load_no_tensorflow(tmp_path):
+    (tmp_path / "a.tsv").write_text("x\ty\n")
+    code = (
+        "import sys; from tfdialogpt.training import read_dialogues; "
+        "from tfdialogpt.training.examples import build_example; "
+        f"found = read_dialogues({str(tmp_path / 'a.tsv')!r}); "
+        "example, _ = build_example([[1], [2]], [1.0, 1.0], 9, 8); "
+        "print(found.dialogues[0].turns, example.tokens.tolist(), "
+        "[m for m in ('tensorflow', 'keras') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.stdout.strip() == "('x', 'y') [1, 9, 2, 9] []"
 
 
 # ---- example layout ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfdialogpt.checkpoint import DEFAULT_MODEL_DIR
+from tfdialogpt.config import DEFAULT_MODEL_DIR
 
 GREETINGS = ("hi", "hello", "greetings", "hey", "good morning", "how are you")
 
@@ -44,7 +44,7 @@ def test_loads_without_network(monkeypatch):
 
 
 def test_hello_gets_a_greeting(default_model):
-    from tfdialogpt.training.finetune import generate_replies
+    from tfdialogpt.training.evaluation import generate_replies
 
     model, tokenizer = default_model
     hello, hi, how = generate_replies(model, tokenizer, [["Hello"], ["Hi"], ["How are you?"]], max_new_tokens=16)

@@ -104,7 +104,7 @@ def test_quantized_generation_agrees_with_itself(float_and_int8):
 
 def test_quantized_model_refuses_what_it_cannot_do(float_and_int8, tiny_reference, tmp_path):
     from tfdialogpt.training import TrainingSettings
-    from tfdialogpt.training.finetune import compile_for_training
+    from tfdialogpt.training.fit import compile_for_training
 
     _, quantized = float_and_int8
     with pytest.raises(ValueError, match="int8 weights, which HF checkpoints cannot store"):

@@ -31,6 +31,8 @@ TF_FREE = [
     "tfdialogpt.serving.signatures",
     "tfdialogpt.serving.errors",
     "tfdialogpt.serving.client",
+    "tfdialogpt.training.readers",
+    "tfdialogpt.training.examples",
 ]
 
 

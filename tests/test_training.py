@@ -30,8 +30,9 @@ from tfdialogpt.training import (
     reply_metrics,
 )
 from tfdialogpt.training.bpe import train_byte_level_bpe
-from tfdialogpt.training.data import Example
-from tfdialogpt.training.finetune import compile_for_training, generate_replies
+from tfdialogpt.training.evaluation import generate_replies
+from tfdialogpt.training.examples import Example
+from tfdialogpt.training.fit import compile_for_training
 
 DIALOGUES = [
     ["What is your name?", "My name is Tiny."],
@@ -229,6 +230,34 @@ def test_mixed_bfloat16_step_matches_float32(tiny_model_dir):
         losses[precision] = model.train_on_batch(inputs, labels, sample_weight=weights)
         assert model.weights[0].dtype == "float32"  # variables stay float32
     assert losses["mixed_bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
+
+
+# ---- private Keras shims -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("package", ["tensorflow", "keras"])
+def test_compat_shims_warn_on_other_tensorflow_or_keras_versions(monkeypatch, package):
+    import warnings
+
+    import keras
+    import tensorflow as tf
+
+    from tfdialogpt.training import _compat
+
+    modules = {"tensorflow": tf, "keras": keras}
+    written_for = {"tensorflow": "2.21", "keras": "3.15"}
+    for name, module in modules.items():  # patch releases of the versions written for: silent
+        monkeypatch.setattr(module, "__version__", f"{written_for[name]}.7")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _compat.check_versions()
+    monkeypatch.setattr(modules[package], "__version__", "9.4.0")
+    with pytest.warns(
+        _compat.CompatWarning,
+        match=rf"written for {package} {written_for[package]}, "
+        rf"but {package} 9\.4\.0 is installed",
+    ):
+        _compat.check_versions()
 
 
 # ---- fine-tuning ---------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from tfdialogpt.training.finetune import finetune
+    from tfdialogpt.training.fit import finetune
 
     result = finetune(
         args.model,
@@ -263,7 +263,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from tfdialogpt.training.finetune import evaluate
+    from tfdialogpt.training.evaluation import evaluate
 
     results = evaluate(
         args.model,

@@ -4,56 +4,53 @@
     >>> from tfdialogpt.training import finetune, evaluate
     >>> result = finetune("default", "chats.tsv", output_dir="out", epochs=2)  # doctest: +SKIP
     >>> evaluate("out", "valid.tsv")["perplexity"]  # doctest: +SKIP
+
+Modules: `readers` (dialogue files; no TensorFlow), `examples` (DialoGPT's example layout;
+NumPy only), `pipeline` (`tf.data`), `fit` (`finetune`), `evaluation` (`evaluate`), `losses`,
+`metrics`, `optimization`, `callbacks`, `distribute`, `bpe`, and `_compat` (private Keras
+workarounds). Public names are imported lazily, so reading data loads no TensorFlow.
 """
 
-from tfdialogpt.training.callbacks import ResumableBackup
-from tfdialogpt.training.data import (
-    DataError,
-    DataIssue,
-    Dialogue,
-    DialogueBatches,
-    DialogueFile,
-    build_example,
-    encode_dialogues,
-    read_chatterbot_yaml,
-    read_dialogues,
-    read_jsonl,
-    read_tsv,
-)
-from tfdialogpt.training.distribute import make_strategy
-from tfdialogpt.training.finetune import (
-    FinetuneResult,
-    TrainingSettings,
-    dtype_policy,
-    evaluate,
-    finetune,
-)
-from tfdialogpt.training.losses import LanguageModelLoss, Perplexity
-from tfdialogpt.training.metrics import reply_metrics
-from tfdialogpt.training.optimization import WarmupDecay, make_optimizer
+from __future__ import annotations
 
-__all__ = [
-    "DataError",
-    "DataIssue",
-    "Dialogue",
-    "DialogueBatches",
-    "DialogueFile",
-    "FinetuneResult",
-    "LanguageModelLoss",
-    "Perplexity",
-    "ResumableBackup",
-    "TrainingSettings",
-    "WarmupDecay",
-    "build_example",
-    "dtype_policy",
-    "encode_dialogues",
-    "evaluate",
-    "finetune",
-    "make_optimizer",
-    "make_strategy",
-    "read_chatterbot_yaml",
-    "read_dialogues",
-    "read_jsonl",
-    "read_tsv",
-    "reply_metrics",
-]
+import importlib
+
+_PUBLIC = {
+    "DataError": "tfdialogpt.training.readers",
+    "DataIssue": "tfdialogpt.training.readers",
+    "Dialogue": "tfdialogpt.training.readers",
+    "DialogueBatches": "tfdialogpt.training.pipeline",
+    "DialogueFile": "tfdialogpt.training.readers",
+    "FinetuneResult": "tfdialogpt.training.fit",
+    "LanguageModelLoss": "tfdialogpt.training.losses",
+    "Perplexity": "tfdialogpt.training.losses",
+    "ResumableBackup": "tfdialogpt.training.callbacks",
+    "TrainingSettings": "tfdialogpt.training.fit",
+    "WarmupDecay": "tfdialogpt.training.optimization",
+    "build_example": "tfdialogpt.training.examples",
+    "dtype_policy": "tfdialogpt.training.fit",
+    "encode_dialogues": "tfdialogpt.training.examples",
+    "evaluate": "tfdialogpt.training.evaluation",
+    "finetune": "tfdialogpt.training.fit",
+    "make_optimizer": "tfdialogpt.training.optimization",
+    "make_strategy": "tfdialogpt.training.distribute",
+    "read_chatterbot_yaml": "tfdialogpt.training.readers",
+    "read_dialogues": "tfdialogpt.training.readers",
+    "read_jsonl": "tfdialogpt.training.readers",
+    "read_tsv": "tfdialogpt.training.readers",
+    "reply_metrics": "tfdialogpt.training.metrics",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # later look-ups skip this hook
+        return value
+    raise AttributeError(f"module 'tfdialogpt.training' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_PUBLIC))

@@ -1,4 +1,4 @@
-"""`finetune` and `evaluate`: the library calls behind `tfdialogpt finetune` / `evaluate`.
+"""`finetune`: the library call behind `tfdialogpt finetune`.
 
 Run settings (`TrainingSettings`) are kept apart from the model's hyperparameters
 (`DialoGPTConfig`). The model is trained by plain `compile` / `fit`, with the pieces of this
@@ -22,20 +22,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfdialogpt.training import distribute
+from tfdialogpt.training import _compat, distribute
 from tfdialogpt.training.callbacks import ResumableBackup
-from tfdialogpt.training.data import (
-    DataError,
-    Dialogue,
-    DialogueBatches,
-    DialogueFile,
-    EncodedDialogues,
-    describe_issues,
-    encode_dialogues,
-    read_dialogues,
-)
-from tfdialogpt.training.losses import LanguageModelLoss, Perplexity, token_cross_entropy
+from tfdialogpt.training.examples import encode
+from tfdialogpt.training.losses import LanguageModelLoss, Perplexity
 from tfdialogpt.training.optimization import make_optimizer
+from tfdialogpt.training.pipeline import DialogueBatches
+from tfdialogpt.training.readers import load_dialogues
 
 logger = logging.getLogger("tfdialogpt.training")
 
@@ -121,7 +114,7 @@ def dtype_policy(precision: str):
 
 def load_model_and_tokenizer(model, tokenizer=None, precision: str = "float32"):
     """(DialoGPT, Tokenizer) from a name (`default`, a directory, a hub id) or instances."""
-    from tfdialogpt.checkpoint import DEFAULT_MODEL_DIR
+    from tfdialogpt.config import DEFAULT_MODEL_DIR
     from tfdialogpt.model import DialoGPT
     from tfdialogpt.tokenizer import Tokenizer
 
@@ -148,29 +141,8 @@ def load_model_and_tokenizer(model, tokenizer=None, precision: str = "float32"):
     return model, tokenizer
 
 
-def load_dialogues(data, strict: bool = False, what: str = "data") -> tuple[list[Dialogue], list]:
-    """Dialogues and issues from a path (format by extension) or from `Dialogue`s / turn lists."""
-    if isinstance(data, (str, Path)):
-        found: DialogueFile = read_dialogues(data, strict=strict)
-        if found.issues:
-            logger.warning(
-                "%s %s: %s (skipped; strict mode raises instead)", what, found.path, describe_issues(found.issues)
-            )
-        return found.dialogues, found.issues
-    dialogues = [
-        d if isinstance(d, Dialogue) else Dialogue.from_turns(list(d), None, f"{what}[{i}]") for i, d in enumerate(data)
-    ]
-    return dialogues, []
-
-
-def encode(dialogues: Sequence[Dialogue], tokenizer, max_seq_len: int, what: str) -> EncodedDialogues:
-    encoded = encode_dialogues(dialogues, tokenizer, max_seq_len)
-    if encoded.skipped:
-        logger.warning("%s: %s", what, encoded.describe_skipped())
-    return encoded
-
-
-def _max_seq_len(requested: int | None, model) -> int:
+def resolve_max_seq_len(requested: int | None, model) -> int:
+    """The longest input: `requested`, checked against the model's positions; None = min(128, positions)."""
     positions = model.config.max_positions
     if requested is None:
         return min(DEFAULT_MAX_SEQ_LEN, positions)
@@ -267,7 +239,7 @@ def finetune(
     valid_dialogues, valid_issues = load_dialogues(valid, settings.strict, "valid") if valid is not None else ([], [])
     with strategy.scope():
         model, tokenizer = load_model_and_tokenizer(model, tokenizer, settings.precision)
-    max_seq_len = _max_seq_len(settings.max_seq_len, model)
+    max_seq_len = resolve_max_seq_len(settings.max_seq_len, model)
     train_examples = encode(train_dialogues, tokenizer, max_seq_len, "train")
     pad_id = tokenizer.eos_token_id
     batches = DialogueBatches(
@@ -316,8 +288,8 @@ def finetune(
         )
     history: dict[str, list[float]] = {}
     fit_args = dict(validation_data=valid_data, callbacks=all_callbacks, verbose=settings.verbose, shuffle=False)
-    _build_before_fit(model, strategy, batches)
-    with strategy.scope(), _multi_worker_logs(strategy):
+    _compat.build_before_fit(model, strategy, batches)
+    with strategy.scope(), _compat.multi_worker_logs(strategy):
         _fit(model, batches, settings, start_epoch, skip, backup, history, fit_args)
     if resumed and not skip and start_epoch >= settings.epochs:
         backup.restore(model)  # killed after its last epoch, before saving: nothing left to train
@@ -377,145 +349,6 @@ def _fit(model, batches, settings, start_epoch, skip, backup, history, fit_args)
         )
 
 
-def _build_before_fit(model, strategy, batches) -> None:
-    """Works around Keras 3.15 under `MultiWorkerMirroredStrategy`.
-
-    Under a strategy, `fit` first builds the model's state from one batch it reduces across
-    replicas; that reduce fails for nested batches (our dict inputs) with the multi-worker
-    strategy's collectives. Build from a local batch instead, and let `fit` skip its own build
-    (it does when the model holds no strategy; `fit` then takes it from the enclosing scope).
-    """
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return
-    with strategy.scope():
-        model._symbolic_build(data_batch=next(iter(batches.eval_dataset())))
-    model._distribute_strategy = None
-
-
-@contextlib.contextmanager
-def _multi_worker_logs(strategy):
-    """Works around Keras 3.15 reducing `fit`'s scalar logs with `axis=0` under
-    `MultiWorkerMirroredStrategy` (an error for rank-0 tensors): averages them over all
-    replicas with `axis=None`, as Keras means to. Patched only while our `fit` runs."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        yield
-        return
-    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
-
-    original = keras_tf_trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction not in ("auto", "mean"):
-            return original(values, strategy, reduction)
-        return tf.nest.map_structure(
-            lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values
-        )
-
-    keras_tf_trainer.reduce_per_replica = reduce_per_replica
-    try:
-        yield
-    finally:
-        keras_tf_trainer.reduce_per_replica = original
-
-
 def _merge(history: dict, fit_history) -> None:
     for key, values in fit_history.history.items():
         history.setdefault(key, []).extend(float(v) for v in values)
-
-
-# ---- evaluate ------------------------------------------------------------------------------------
-
-
-def perplexity(model, batches: DialogueBatches) -> dict[str, float]:
-    """Token-weighted loss and perplexity of `model` over one pass of `batches`."""
-
-    @tf.function(autograph=False)
-    def sums(inputs, labels, weights):
-        ce = token_cross_entropy(labels, model(inputs, training=False))
-        return tf.reduce_sum(ce * weights), tf.reduce_sum(weights)
-
-    total, count = 0.0, 0.0
-    for inputs, labels, weights in batches.eval_dataset():
-        batch_total, batch_count = sums(inputs, labels, weights)
-        total, count = total + float(batch_total), count + float(batch_count)
-    loss = total / count if count else float("nan")
-    return {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"), "tokens": int(count)}
-
-
-def generate_replies(
-    model,
-    tokenizer,
-    contexts: Sequence[Sequence[str]],
-    max_new_tokens: int = 32,
-    max_seq_len: int | None = None,
-    batch_size: int = 16,
-) -> list[str]:
-    """Greedy replies to each context (turns, oldest first), decoded without the EOS.
-
-    Contexts keep their newest turns within `max_seq_len - max_new_tokens` tokens.
-    """
-    eos = tokenizer.eos_token_id
-    replies = []
-    budget = max(1, _max_seq_len(max_seq_len, model) - max_new_tokens)
-    for start in range(0, len(contexts), batch_size):
-        chunk = contexts[start : start + batch_size]
-        histories = [tokenizer.encode_dialogue(list(turns), max_length=budget) for turns in chunk]
-        input_ids, attention_mask = tokenizer.pad(histories, side="left")
-        out = model.generate(
-            input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos
-        )
-        for row in out.token_lists(eos):
-            replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    return replies
-
-
-def evaluate(
-    model="default",
-    data=None,
-    *,
-    tokenizer=None,
-    max_seq_len: int | None = None,
-    batch_size: int = 8,
-    generate: bool = True,
-    max_new_tokens: int = 32,
-    max_dialogues: int | None = None,
-    strict: bool = False,
-) -> dict[str, Any]:
-    """Perplexity on `data`, and the paper's reply metrics on greedy replies to its contexts.
-
-    Each dialogue's last turn is the reference reply to the turns before it.
-
-    Args:
-        model: name, directory, hub id or `DialoGPT` (then pass `tokenizer`).
-        data: a .tsv / .jsonl / .yml file or directory, or `Dialogue`s / turn lists.
-        generate: also generate replies and score them (BLEU-2/4, NIST-2/4, Dist-1/2,
-            Entropy-4, average length).
-        max_seq_len: longest input (older turns dropped); None = min(128, the model's positions).
-        max_dialogues: score replies for the first N dialogues only (perplexity uses all).
-    Returns:
-        `{"loss", "perplexity", "tokens", "malformed_lines", [reply metrics], "samples"}`.
-    """
-    from tfdialogpt.training.metrics import reply_metrics
-
-    if data is None:
-        raise ValueError("evaluate needs `data`")
-    dialogues, issues = load_dialogues(data, strict, "data")
-    model, tokenizer = load_model_and_tokenizer(model, tokenizer)
-    max_seq_len = _max_seq_len(max_seq_len, model)
-    encoded = encode(dialogues, tokenizer, max_seq_len, "data")
-    if not encoded.examples:
-        raise DataError("no dialogue in the data gives an example to score")
-    batches = DialogueBatches(encoded.examples, batch_size, tokenizer.eos_token_id)
-    results: dict[str, Any] = perplexity(model, batches)
-    results["malformed_lines"] = len(issues)
-    if generate:
-        scored = dialogues[:max_dialogues] if max_dialogues else dialogues
-        contexts = [d.turns[:-1] for d in scored]
-        references = [d.turns[-1] for d in scored]
-        replies = generate_replies(model, tokenizer, contexts, max_new_tokens, max_seq_len)
-        results.update(reply_metrics(replies, references))
-        results["samples"] = [
-            {"context": list(c), "reference": r, "reply": h}
-            for c, r, h in list(zip(contexts, references, replies, strict=True))[:5]
-        ]
-    return results

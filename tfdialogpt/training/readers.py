@@ -1,0 +1,300 @@
+"""Dialogue files, read without TensorFlow: DialoGPT's TSV, JSON Lines, chatterbot-corpus YAML.
+
+Three file formats are read into `Dialogue`s (turns, oldest first, each with a loss weight):
+
+- DialoGPT's TSV (`prepro.py`): one dialogue a line, `w src1 EOS w src2 ...<TAB>w tgt`, where
+  each turn may start with a float weight (`1.0`, `0.0`; default 1.0);
+- JSON Lines: `{"turns": ["Hi", "Hello!"], "weights": [1.0, 1.0]}` (`weights` optional);
+- chatterbot-corpus YAML: `conversations:` as lists of utterances.
+
+A line that cannot be read is a `DataIssue` naming its file and line; it is reported and
+skipped (or raises `DataError` in strict mode), and every other line is kept.
+
+This module imports no TensorFlow (nor NumPy): data can be checked and prepared on a machine,
+or in worker processes, that never load it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("tfdialogpt.training")
+
+TSV_TURN_SEPARATOR = " EOS "
+# A turn weight must be written as a decimal ("1.0", "0.0", ".5"), so that a reply that merely
+# starts with a number ("20 years old .") is not read as a weight.
+_WEIGHT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+)([eE][-+]?\d+)?$")
+MAX_LISTED = 20
+
+
+# ---- dialogues and issues ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Dialogue:
+    """One dialogue: its turns, oldest first, and a loss weight per turn.
+
+    The first turn never carries loss (it is the prompt); a later turn with weight 0.0 is
+    context only.
+
+    Example:
+        >>> Dialogue(("Hi", "Hello!"), (1.0, 1.0), source="chat.tsv:3")
+        Dialogue(turns=('Hi', 'Hello!'), weights=(1.0, 1.0), source='chat.tsv:3')
+    """
+
+    turns: tuple[str, ...]
+    weights: tuple[float, ...]
+    source: str = ""  # "file:line" it came from, for reports
+
+    def __post_init__(self):
+        if len(self.turns) != len(self.weights):
+            raise ValueError(f"{len(self.turns)} turns but {len(self.weights)} weights")
+
+    @classmethod
+    def from_turns(cls, turns: Sequence[str], weights: Sequence[float] | None = None, source: str = "") -> Dialogue:
+        weights = [1.0] * len(turns) if weights is None else weights
+        return cls(tuple(turns), tuple(float(w) for w in weights), source)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataIssue:
+    """A line (or YAML entry) that could not be read."""
+
+    path: str
+    line: int  # 1-based
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+class DataError(ValueError):
+    """Data that cannot be used: malformed lines in strict mode, or an unreadable file."""
+
+    def __init__(self, message: str, issues: Sequence[DataIssue] = ()):
+        super().__init__(message)
+        self.issues = list(issues)
+
+
+def describe_issues(issues: Sequence[DataIssue], what: str = "malformed") -> str:
+    """`3 malformed lines: a.tsv:4: ...; a.tsv:9: ...` (at most 20 listed)."""
+    shown = "; ".join(str(issue) for issue in issues[:MAX_LISTED])
+    more = f"; and {len(issues) - MAX_LISTED} more" if len(issues) > MAX_LISTED else ""
+    return f"{len(issues)} {what} line{'s' if len(issues) != 1 else ''}: {shown}{more}"
+
+
+@dataclasses.dataclass
+class DialogueFile:
+    """What a reader found: the dialogues and the issues, both in file order."""
+
+    path: str
+    dialogues: list[Dialogue]
+    issues: list[DataIssue]
+
+    def raise_if_issues(self) -> None:
+        if self.issues:
+            raise DataError(f"{self.path}: " + describe_issues(self.issues), self.issues)
+
+
+def _finish(path: str, dialogues: list[Dialogue], issues: list[DataIssue], strict: bool) -> DialogueFile:
+    result = DialogueFile(path, dialogues, issues)
+    if strict:
+        result.raise_if_issues()
+    return result
+
+
+def _check_weight(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where} weight must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where} weight must be finite and >= 0, got {value!r}")
+    return value
+
+
+# ---- readers -------------------------------------------------------------------------------------
+
+
+def parse_tsv_line(line: str) -> tuple[list[str], list[float]]:
+    """Parses one DialoGPT TSV line into (turns, weights); raises ValueError if malformed.
+
+    Example:
+        >>> parse_tsv_line("0.0 hi there EOS 1.0 how are you ?\\t1.0 fine .")
+        (['hi there', 'how are you ?', 'fine .'], [0.0, 1.0, 1.0])
+    """
+    fields = line.rstrip("\r\n").split("\t")
+    if len(fields) != 2:
+        raise ValueError(f"expected `sources<TAB>target` (one TAB), found {len(fields) - 1} TABs")
+    texts = fields[0].split(TSV_TURN_SEPARATOR) + [fields[1]]
+    turns, weights = [], []
+    for number, text in enumerate(texts, start=1):
+        words = text.split()
+        weight = 1.0
+        if words and _WEIGHT.match(words[0]):
+            weight = _check_weight(float(words[0]), f"turn {number}")
+            words = words[1:]
+        if not words:
+            raise ValueError(f"turn {number} is empty")
+        turns.append(" ".join(words))
+        weights.append(weight)
+    return turns, weights
+
+
+def read_tsv(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
+    """Reads DialoGPT's TSV format (`w src1 EOS w src2 ...<TAB>w tgt`, one dialogue a line).
+
+    Blank lines are ignored; any other line that does not parse is a `DataIssue`.
+    """
+    path = str(path)
+    dialogues, issues = [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                turns, weights = parse_tsv_line(line)
+            except ValueError as err:
+                issues.append(DataIssue(path, number, str(err)))
+                continue
+            dialogues.append(Dialogue.from_turns(turns, weights, f"{path}:{number}"))
+    return _finish(path, dialogues, issues, strict)
+
+
+def parse_json_dialogue(record: object) -> tuple[list[str], list[float] | None]:
+    """Validates one JSON Lines record `{"turns": [...], "weights": [...]?}`."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    turns = record.get("turns")
+    if not isinstance(turns, list) or len(turns) < 2:
+        raise ValueError('expected "turns": a list of at least 2 strings')
+    for number, turn in enumerate(turns, start=1):
+        if not isinstance(turn, str) or not turn.strip():
+            raise ValueError(f"turn {number} must be a non-empty string, got {turn!r}")
+    weights = record.get("weights")
+    if weights is not None:
+        if not isinstance(weights, list) or len(weights) != len(turns):
+            raise ValueError(f'"weights" must be a list of {len(turns)} numbers, one per turn')
+        weights = [_check_weight(w, f"turn {i}") for i, w in enumerate(weights, start=1)]
+    return turns, weights
+
+
+def read_jsonl(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
+    """Reads JSON Lines: one `{"turns": [...], "weights": [...]}` object a line."""
+    path = str(path)
+    dialogues, issues = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                turns, weights = parse_json_dialogue(json.loads(line))
+            except json.JSONDecodeError as err:
+                issues.append(DataIssue(path, number, f"invalid JSON: {err.msg} at column {err.colno}"))
+                continue
+            except ValueError as err:
+                issues.append(DataIssue(path, number, str(err)))
+                continue
+            dialogues.append(Dialogue.from_turns(turns, weights, f"{path}:{number}"))
+    return _finish(path, dialogues, issues, strict)
+
+
+def read_chatterbot_yaml(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
+    """Reads a chatterbot-corpus YAML file (`conversations:` lists of utterances).
+
+    Utterances are taken exactly as written (YAML's type guessing would turn `yes` into True).
+    Each conversation's issues carry the line it starts on.
+    """
+    import yaml
+
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            root = yaml.compose(f)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        issue = DataIssue(path, (mark.line + 1) if mark else 1, f"invalid YAML: {getattr(err, 'problem', err)}")
+        raise DataError(f"cannot read {path}: {issue}", [issue]) from None
+    conversations = None
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            if key.value == "conversations":
+                conversations = value
+    if not isinstance(conversations, yaml.SequenceNode):
+        line = 1 if root is None else root.start_mark.line + 1
+        issue = DataIssue(path, line, "expected a mapping with a `conversations:` list")
+        raise DataError(f"cannot read {path}: {issue}", [issue])
+    dialogues, issues = [], []
+    for node in conversations.value:
+        number = node.start_mark.line + 1
+        if not isinstance(node, yaml.SequenceNode):
+            issues.append(DataIssue(path, number, "a conversation must be a list of utterances"))
+            continue
+        bad = [
+            i
+            for i, turn in enumerate(node.value, start=1)
+            if not isinstance(turn, yaml.ScalarNode) or not str(turn.value).strip()
+        ]
+        if bad:
+            issues.append(DataIssue(path, number, f"utterance {bad[0]} is not a non-empty string"))
+        elif len(node.value) < 2:
+            issues.append(DataIssue(path, number, "a conversation needs at least 2 utterances"))
+        else:
+            turns = [" ".join(str(turn.value).split()) for turn in node.value]
+            dialogues.append(Dialogue.from_turns(turns, None, f"{path}:{number}"))
+    return _finish(path, dialogues, issues, strict)
+
+
+READERS = {".tsv": read_tsv, ".jsonl": read_jsonl, ".yml": read_chatterbot_yaml, ".yaml": read_chatterbot_yaml}
+
+
+def read_dialogues(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
+    """Reads a file by its extension (.tsv, .jsonl, .yml/.yaml), or every such file in a
+    directory (sorted by name, e.g. a chatterbot-corpus language folder).
+
+    Args:
+        strict: raise `DataError` on the first file with malformed lines instead of
+            reporting them in `DialogueFile.issues`.
+    Raises:
+        DataError: unknown extension, missing path, or (strict) malformed lines.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in READERS)
+        if not files:
+            raise DataError(f"{path} holds no {', '.join(READERS)} files")
+        dialogues, issues = [], []
+        for file in files:
+            part = read_dialogues(file, strict=strict)
+            dialogues += part.dialogues
+            issues += part.issues
+        return DialogueFile(str(path), dialogues, issues)
+    if path.suffix not in READERS:
+        raise DataError(f"cannot tell the format of {path}: expected one of {', '.join(READERS)}")
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    return READERS[path.suffix](path, strict=strict)
+
+
+def load_dialogues(data, strict: bool = False, what: str = "data") -> tuple[list[Dialogue], list[DataIssue]]:
+    """Dialogues and issues from a path (format by extension) or from `Dialogue`s / turn lists.
+
+    Issues found in a file are logged as a warning (they are skipped, unless `strict`).
+    """
+    if isinstance(data, (str, Path)):
+        found: DialogueFile = read_dialogues(data, strict=strict)
+        if found.issues:
+            logger.warning(
+                "%s %s: %s (skipped; strict mode raises instead)", what, found.path, describe_issues(found.issues)
+            )
+        return found.dialogues, found.issues
+    dialogues = [
+        d if isinstance(d, Dialogue) else Dialogue.from_turns(list(d), None, f"{what}[{i}]") for i, d in enumerate(data)
+    ]
+    return dialogues, []
