@@ -188,9 +188,7 @@ def test_decode_random_ids(pair, skip_special_tokens):
     expected = [tokenizer.decode(row, skip_special_tokens) for row in rows]
     assert sum("\ufffd" in text for text in expected) > 5000  # many cut characters
 
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int64)]
-    )
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int64)])
     def decode(ids, lengths):
         return graph.decode(ids, lengths, skip_special_tokens=skip_special_tokens)
 
@@ -246,9 +244,7 @@ def test_encode_dialogue_matches_tokenizer(pair, corpus_lines):  # noqa: F811
     texts = (corpus_lines or HAND_TEXTS)[:3000] + hard_strings(1000, seed=3)
     histories, budgets = random_dialogues(texts, rows=2000, slots=6, seed=11)
 
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, None], tf.string), tf.TensorSpec([None], tf.int64)]
-    )
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string), tf.TensorSpec([None], tf.int64)])
     def dialogue(turns, max_length):
         return graph.encode_dialogue(turns, max_length, strict=False)
 
@@ -256,9 +252,7 @@ def test_encode_dialogue_matches_tokenizer(pair, corpus_lines):  # noqa: F811
     for start in range(0, len(histories), CHUNK):
         rows, row_budgets = histories[start : start + CHUNK], budgets[start : start + CHUNK]
         ids, lengths, fits = dialogue(tf.constant(rows), tf.constant(row_budgets, tf.int64))
-        expected = [
-            expected_dialogue(tokenizer, r, b) for r, b in zip(rows, row_budgets, strict=True)
-        ]
+        expected = [expected_dialogue(tokenizer, r, b) for r, b in zip(rows, row_budgets, strict=True)]
         assert ids.to_list() == [e[0] for e in expected]
         assert fits.numpy().tolist() == [e[1] for e in expected]
         assert lengths.numpy().tolist() == [len(e[0]) for e in expected]
@@ -292,11 +286,7 @@ def test_encode_dialogue_errors(pair):
     assert fits.numpy().tolist() == [False, False, True]
     assert ids.to_list()[:2] == [[], []] and lengths.numpy().tolist()[:2] == [0, 0]
     eos = tokenizer.eos_token_id
-    assert (
-        ids.to_list()[2]
-        == tokenizer.encode_dialogue(["", "hi"], 5)
-        == [eos] + (tokenizer.encode("hi") + [eos])
-    )
+    assert ids.to_list()[2] == tokenizer.encode_dialogue(["", "hi"], 5) == [eos] + (tokenizer.encode("hi") + [eos])
 
 
 # --------------------------------------------------------------------------- building

@@ -161,9 +161,7 @@ class TextGraph(tf.Module):
         strings = {token_id: token for token, token_id in vocab.items()}
         if sorted(strings) != list(range(tokenizer.vocab_size)):
             raise TextGraphError(f"token ids are not 0..{tokenizer.vocab_size - 1} without gaps")
-        merges = [
-            tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]
-        ]
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         return cls(
             [strings[i] for i in range(tokenizer.vocab_size)],
             merges,
@@ -328,12 +326,8 @@ class TextGraph(tf.Module):
         )
         if skip_special_tokens:
             ids = tf.ragged.boolean_mask(ids, ids != self.eos_token_id)
-        raw = tf.strings.reduce_join(
-            ids.with_flat_values(tf.gather(self._token_bytes, ids.flat_values)), axis=-1
-        )
-        return tf.strings.unicode_transcode(
-            raw, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
-        )
+        raw = tf.strings.reduce_join(ids.with_flat_values(tf.gather(self._token_bytes, ids.flat_values)), axis=-1)
+        return tf.strings.unicode_transcode(raw, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
 
 
 @functools.lru_cache(maxsize=1)
@@ -376,9 +370,7 @@ def _code_point_ranges(pattern: str) -> list[tuple[int, int]]:
     return ranges
 
 
-def _sentencepiece_model(
-    token_strings: list[str], merges: list[tuple[str, str]], eos_token_id: int
-) -> bytes:
+def _sentencepiece_model(token_strings: list[str], merges: list[tuple[str, str]], eos_token_id: int) -> bytes:
     """A SentencePiece BPE `ModelProto` whose merges are the vocabulary's real BPE merges.
 
     Piece i is id i, scored -(rank of the merge making it). Tokens real BPE never outputs (no
