@@ -9,7 +9,7 @@ load TensorFlow until a model is needed.
 
 from __future__ import annotations
 
-import importlib
+from tfdialogpt._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -27,11 +27,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'tfdialogpt' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_PUBLIC))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _PUBLIC)

@@ -15,7 +15,7 @@ neighbours without loading TensorFlow.
 
 from __future__ import annotations
 
-import importlib
+from tfdialogpt._lazy import lazy_names
 
 _PUBLIC = {
     "COMPILED": "tfdialogpt.generation.buckets",
@@ -33,11 +33,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'tfdialogpt.generation' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_PUBLIC))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _PUBLIC)

@@ -10,7 +10,7 @@ has the function's name, so it is not re-exported here).
 
 from __future__ import annotations
 
-import importlib
+from tfdialogpt._lazy import lazy_names
 
 _PUBLIC = {
     "Client": "tfdialogpt.serving.client",
@@ -29,11 +29,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'tfdialogpt.serving' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_PUBLIC))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _PUBLIC)

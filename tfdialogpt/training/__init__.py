@@ -13,7 +13,7 @@ workarounds). Public names are imported lazily, so reading data loads no TensorF
 
 from __future__ import annotations
 
-import importlib
+from tfdialogpt._lazy import lazy_names
 
 _PUBLIC = {
     "DataError": "tfdialogpt.training.readers",
@@ -44,13 +44,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value  # later look-ups skip this hook
-        return value
-    raise AttributeError(f"module 'tfdialogpt.training' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_PUBLIC))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _PUBLIC)
