@@ -141,3 +141,22 @@ def fill_hub_cache(cache_dir, repo_id: str, files):
     for f in files:
         shutil.copy(f, snapshot / os.path.basename(f))
     return snapshot
+
+
+@pytest.fixture(scope="session")
+def serving_models():
+    """The serving tests' tiny models (seeds 0 and 1), built once per session."""
+    from serving_utils import make_model
+
+    return {seed: make_model(seed) for seed in (0, 1)}
+
+
+@pytest.fixture(scope="session")
+def shared_export(serving_models, tmp_path_factory):
+    """Version 1 of the seed-0 serving model, exported once per session (shared by modules)."""
+    from serving_utils import CAP, WARMUP_LENGTHS
+
+    from tfdialogpt.serving.export import export
+
+    root = tmp_path_factory.mktemp("shared_export")
+    return export(serving_models[0], root / "dialogpt", max_new_tokens_cap=CAP, warmup_prompt_lengths=WARMUP_LENGTHS)

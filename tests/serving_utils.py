@@ -84,31 +84,6 @@ def greedy_reference(model, rows, max_new_tokens):
     return np.stack(sequences), np.array(lengths, np.int32)
 
 
-_EXPORTS: dict = {}
-
-
-def tiny_export(model, root: Path):
-    """Version 1 of `model` exported once per test session (under `root`), shared by modules."""
-    from tfdialogpt.serving.export import export
-
-    if id(model) not in _EXPORTS:
-        _EXPORTS[id(model)] = (
-            model,
-            export(model, root / "dialogpt", max_new_tokens_cap=CAP, warmup_prompt_lengths=WARMUP_LENGTHS),
-        )
-    return _EXPORTS[id(model)][1]
-
-
-_MODELS: dict = {}
-
-
-def shared_model(seed: int):
-    """`make_model(seed)`, built once per test session."""
-    if seed not in _MODELS:
-        _MODELS[seed] = make_model(seed)
-    return _MODELS[seed]
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -21,8 +21,6 @@ from serving_utils import (
     greedy_reference,
     left_pad,
     make_model,
-    shared_model,
-    tiny_export,
 )
 
 from tfdialogpt.serving import signatures as contract
@@ -33,13 +31,13 @@ PROMPTS = [[5, 9, 33, 71, EOS], [120, EOS, 7, 8, 200, 14, 3, EOS], [42, EOS]]
 
 
 @pytest.fixture(scope="module")
-def model():
-    return shared_model(seed=0)
+def model(serving_models):
+    return serving_models[0]
 
 
 @pytest.fixture(scope="module")
-def exported(model, tmp_path_factory):
-    return tiny_export(model, tmp_path_factory.getbasetemp() / "shared_export")
+def exported(shared_export):
+    return shared_export
 
 
 def test_layout_is_tf_serving_s(exported):

@@ -27,8 +27,6 @@ from serving_utils import (
     greedy_reference,
     left_pad,
     make_tokenizer,
-    shared_model,
-    tiny_export,
 )
 
 from tfdialogpt.serving import signatures as contract
@@ -300,8 +298,8 @@ def test_batcher_merges_equal_greedy_requests_and_runs_sampled_ones_alone():
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {1: shared_model(seed=0), 2: shared_model(seed=1)}
+def models(serving_models):
+    return {1: serving_models[0], 2: serving_models[1]}
 
 
 @pytest.fixture(scope="module")
@@ -310,9 +308,9 @@ def tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def base(models, tmp_path_factory):
+def base(shared_export, tmp_path_factory):
     base = tmp_path_factory.mktemp("models") / MODEL_NAME
-    shutil.copytree(tiny_export(models[1], tmp_path_factory.getbasetemp() / "shared_export").path, base / "1")
+    shutil.copytree(shared_export.path, base / "1")
     return base
 
 
