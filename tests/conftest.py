@@ -11,6 +11,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import socket
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,18 @@ def shared_export(serving_models, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("shared_export")
     return export(serving_models[0], root / "dialogpt", max_new_tokens_cap=CAP, warmup_prompt_lengths=WARMUP_LENGTHS)
+
+
+@pytest.fixture
+def hub_online(monkeypatch):
+    """HF_HUB_OFFLINE unset, as most users have it; a connection attempt fails, so a test
+    that should not need the network cannot reach it."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+
+
+def _no_network(*args, **kwargs):
+    raise OSError("network access in a test that should not need it")

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -428,21 +427,6 @@ def test_cli_info_check_refuses_non_finite_weights(tf_dir):
 
 
 @pytest.fixture
-def online(monkeypatch):
-    """HF_HUB_OFFLINE unset, as most users have it; a connection attempt fails, so a test
-    that should not need the network cannot reach it."""
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(socket.socket, "connect", _no_network)
-
-
-def _no_network(*args, **kwargs):
-    raise OSError("network access in a test that should not need it")
-
-
-@pytest.fixture
 def offline_env(monkeypatch, tmp_path):
     """HF_HUB_OFFLINE=1 with an empty default hub cache under tmp_path; returns the cache."""
     from huggingface_hub import constants
@@ -454,7 +438,7 @@ def offline_env(monkeypatch, tmp_path):
     return cache
 
 
-def test_local_files_only_with_an_empty_cache(tmp_path, online):
+def test_local_files_only_with_an_empty_cache(tmp_path, hub_online):
     cache = tmp_path / "hub"
     expected = (
         f"could not find config.json for 'microsoft/DialoGPT-small' in the local hub cache {cache} "
@@ -478,7 +462,7 @@ def test_hf_hub_offline_with_an_empty_cache(offline_env, local_files_only):
         load_config("microsoft/DialoGPT-small", revision="v1", local_files_only=local_files_only)
 
 
-def test_local_files_only_reads_a_filled_cache(tiny_reference, tmp_path, online):
+def test_local_files_only_reads_a_filled_cache(tiny_reference, tmp_path, hub_online):
     cache = tmp_path / "hub"
     src = tiny_reference.path("pt_sharded")
     fill_hub_cache(cache, "someone/tiny", [src / f for f in os.listdir(src)])
@@ -512,7 +496,7 @@ def test_local_files_only_reads_a_filled_cache(tiny_reference, tmp_path, online)
         ("no revision", r"^no such revision: 'microsoft/DialoGPT-small' on the hub \(404 Client Error\)$"),
     ],
 )
-def test_hub_errors_are_checkpoint_errors(monkeypatch, tmp_path, online, error, expected):
+def test_hub_errors_are_checkpoint_errors(monkeypatch, tmp_path, hub_online, error, expected):
     import huggingface_hub
     from huggingface_hub.errors import (
         LocalEntryNotFoundError,
@@ -534,7 +518,7 @@ def test_hub_errors_are_checkpoint_errors(monkeypatch, tmp_path, online, error, 
         DialoGPT.from_pretrained("microsoft/DialoGPT-small", cache_dir=tmp_path)
 
 
-def test_invalid_hub_id_and_local_files_only(tmp_path, online):
+def test_invalid_hub_id_and_local_files_only(tmp_path, hub_online):
     with pytest.raises(CheckpointError, match=r"^'not a repo' is neither a local directory nor a valid hub id: "):
         load_config("not a repo", cache_dir=tmp_path, local_files_only=True)
     with pytest.raises(TypeError, match="local_files_only must be True or False, got 'yes'"):

@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -582,21 +581,6 @@ def test_unreachable_hub_is_reported(tmp_path, monkeypatch):
 
 
 # One meaning of `local_files_only` (tfdialogpt.hub), the same as for checkpoints.
-
-
-@pytest.fixture
-def hub_online(monkeypatch):
-    """HF_HUB_OFFLINE unset, as most users have it; a connection attempt fails, so a test
-    that should not need the network cannot reach it."""
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(socket.socket, "connect", _no_network)
-
-
-def _no_network(*args, **kwargs):
-    raise OSError("network access in a test that should not need it")
 
 
 def test_local_files_only_with_an_empty_cache(tmp_path, hub_online):
