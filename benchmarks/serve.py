@@ -6,10 +6,13 @@ Exports a model (random weights of a DialoGPT shape, or a checkpoint), starts
    and `model.generate` (XLA) for reference;
 2. one gRPC client, one request at a time: the overhead of gRPC + the server over (1);
 3. 8 concurrent clients, each sending a bounded number of requests: throughput, p50/p99
-   latency; every answer must equal the single-client answer for the same prompt (greedy).
+   latency; every answer must equal the single-client answer for the same prompt (greedy);
+4. the `chat` signature's cost over `generate` for the same history (in-graph tokenization,
+   truncation, detokenization), at batch 1 and 8, for the plain and the XLA signatures.
 
     python benchmarks/serve.py                       # DialoGPT-small shape, 8 x 4 requests
     python benchmarks/serve.py --preset medium --requests-per-client 2
+    python benchmarks/serve.py --only chat           # just (4)
 """
 
 from __future__ import annotations
@@ -46,6 +49,77 @@ def build_model(args):
     return DialoGPT(DialoGPTConfig.preset(args.preset))
 
 
+def default_tokenizer(args):
+    """The tokenizer for the exported model: --tokenizer, the checkpoint's own, or GPT-2's (the
+    vocabulary the tests build offline, see tests/test_tokenizer.py)."""
+    from tfdialogpt import Tokenizer
+
+    if args.tokenizer or args.model:
+        return Tokenizer.from_pretrained(args.tokenizer or args.model)
+    from test_tokenizer import CACHE_DIR
+
+    if not (CACHE_DIR / "vocab.json").is_file():
+        raise SystemExit(f"no GPT-2 vocabulary at {CACHE_DIR}: run the tokenizer tests once, or pass --tokenizer")
+    return Tokenizer.from_pretrained(CACHE_DIR)
+
+
+CHAT_HISTORY = [
+    "Hi! I just got back from a trip to the mountains.",
+    "Oh nice, how was it? Did you do any hiking?",
+    "Yes, we hiked up to a lake every morning. Do you like the outdoors?",
+]
+
+
+def chat_overhead(loaded, tokenizer, config, new: int, repeats: int, batches=(1, 8)) -> list[tuple]:
+    """p50 of `chat` against `generate` on the same history (and their XLA twins), interleaved.
+
+    Both decode exactly `new` tokens from the same left-padded prompt (`generate` gets the ids
+    the chat signature builds itself), so the difference is tokenize + truncate + detokenize.
+    """
+    import tensorflow as tf
+
+    from tfdialogpt import padding
+    from tfdialogpt.serving.signatures import PARAMETERS
+
+    settings = {p.name: tf.constant(p.default, p.spec.np_dtype) for p in PARAMETERS.values()}
+    settings["max_new_tokens"] = tf.constant(new, tf.int32)
+    rows = []
+    for batch in batches:
+        turns = tf.constant([CHAT_HISTORY] * batch)
+        prompt = tokenizer.encode_dialogue(CHAT_HISTORY, max_length=config.max_positions - new)
+        width = padding.padded_length(len(prompt), new, config.max_positions)
+        ids, mask = padding.left_pad([prompt] * batch, config.eos_token_id, width)
+        for suffix in ("", "_xla"):
+            generate, chat = loaded.signatures["generate" + suffix], loaded.signatures["chat" + suffix]
+            inputs = {"input_ids": tf.constant(ids), "attention_mask": tf.constant(mask), **settings}
+            for _ in range(2):  # warm up both
+                expected = generate(**inputs)["sequences"].numpy()
+                got = chat(turns=turns, **settings)
+            assert (got["sequences"].numpy() == expected).all(), "chat and generate must decode the same tokens"
+            times = {"generate": [], "chat": []}
+            for _ in range(repeats):
+                t = time.perf_counter()
+                generate(**inputs)["sequences"].numpy()
+                times["generate"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                chat(turns=turns, **settings)["reply"].numpy()
+                times["chat"].append(time.perf_counter() - t)
+            g, c = percentile(times["generate"], 50), percentile(times["chat"], 50)
+            rows.append((batch, suffix, len(prompt), int(got["lengths"].numpy().min()), g, c))
+    return rows
+
+
+def print_chat_overhead(rows, new: int) -> None:
+    print(f"\n### `chat` over `generate`, same history, {new} new tokens, p50 of interleaved calls\n")
+    print("| batch | signatures | prompt tokens | reply tokens (min) | generate ms | chat ms | chat cost |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for batch, suffix, prompt, reply, g, c in rows:
+        print(
+            f"| {batch} | `chat{suffix}` vs `generate{suffix}` | {prompt} | {reply} | {g:.1f} | {c:.1f} | "
+            f"{(c - g) / g * 100:+.1f}% ({c - g:+.1f} ms) |"
+        )
+
+
 def prompts(count, vocab_size, seed=0):
     rng = np.random.default_rng(seed)
     # Histories of 10..30 tokens ending with EOS: two prompt buckets (16 and 32).
@@ -61,6 +135,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--signature", default="generate", choices=["generate", "generate_xla"])
     parser.add_argument("--max-batch-size", type=int, default=8, help="server-side merging (1 = queue only)")
+    parser.add_argument("--tokenizer", help="the model's tokenizer (default: the checkpoint's, or GPT-2's)")
+    parser.add_argument("--only", choices=["chat"], help="run only the chat-signature measurement")
+    parser.add_argument("--chat-new-tokens", type=int, default=32)
+    parser.add_argument("--chat-repeats", type=int, default=15)
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -75,9 +153,20 @@ def main(argv=None) -> int:
     try:
         started = time.perf_counter()
         result = export(
-            model, workdir / "dialogpt", max_new_tokens_cap=max(args.max_new_tokens, 16), warmup_prompt_lengths=(16, 32)
+            model,
+            workdir / "dialogpt",
+            max_new_tokens_cap=max(args.max_new_tokens, args.chat_new_tokens, 16),
+            warmup_prompt_lengths=(16, 32),
+            tokenizer=default_tokenizer(args),
         )
         export_seconds = time.perf_counter() - started
+        if args.only == "chat":
+            loaded = tf.saved_model.load(result.path)
+            rows = chat_overhead(loaded, default_tokenizer(args), config, args.chat_new_tokens, args.chat_repeats)
+            print(f"\n## Chat signature ({platform.machine()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__})")
+            print(f"model: {args.model or 'DialoGPT-' + args.preset + ' shape, random weights'}")
+            print_chat_overhead(rows, args.chat_new_tokens)
+            return 0
         total = args.clients * args.requests_per_client
         work = prompts(total, config.vocab_size)
         new = args.max_new_tokens
@@ -218,6 +307,10 @@ def main(argv=None) -> int:
             f"({overhead / percentile(local, 50) * 100:+.1f}% of {percentile(local, 50):.0f} ms)."
         )
         print(f"answered: {len(answers)}/{total}; equal to single-client answers: {total - mismatches}/{total}")
+        print_chat_overhead(
+            chat_overhead(loaded, default_tokenizer(args), config, args.chat_new_tokens, args.chat_repeats),
+            args.chat_new_tokens,
+        )
         return 0 if mismatches == 0 and len(answers) == total else 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -154,14 +154,28 @@ def serving_models():
 
 
 @pytest.fixture(scope="session")
-def shared_export(serving_models, tmp_path_factory):
+def serving_tokenizer(tmp_path_factory):
+    """The serving models' byte-level tokenizer (one id per byte, EOS 256)."""
+    from serving_utils import make_tokenizer
+
+    return make_tokenizer(tmp_path_factory.mktemp("serving_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def shared_export(serving_models, serving_tokenizer, tmp_path_factory):
     """Version 1 of the seed-0 serving model, exported once per session (shared by modules)."""
     from serving_utils import CAP, WARMUP_LENGTHS
 
     from tfdialogpt.serving.export import export
 
     root = tmp_path_factory.mktemp("shared_export")
-    return export(serving_models[0], root / "dialogpt", max_new_tokens_cap=CAP, warmup_prompt_lengths=WARMUP_LENGTHS)
+    return export(
+        serving_models[0],
+        root / "dialogpt",
+        max_new_tokens_cap=CAP,
+        warmup_prompt_lengths=WARMUP_LENGTHS,
+        tokenizer=serving_tokenizer,
+    )
 
 
 @pytest.fixture

@@ -124,17 +124,26 @@ def test_generate_with_int8_weights():
     assert out.stdout.strip() == expected.reply("How are you?")
 
 
-def test_chat_with_a_server_budgets_by_the_model_config(monkeypatch, tmp_path):
-    """`chat --server` sizes histories by the served model's config (--model, here the default
-    one), not by GPT-2's 1024 positions, and refuses a config the tokenizer does not fit."""
+def test_chat_with_a_server_sends_text_or_budgets_ids_by_the_model_config(monkeypatch, tmp_path):
+    """`chat --server` talks text to the export's chat signature (no tokenizer, no config
+    here, only the settings given on the command line). With MMI it tokenizes here and sizes
+    histories by the served model's config (--model, here the default one), not by GPT-2's
+    1024 positions, and refuses a config the tokenizer does not fit."""
     from tfdialogpt import cli, commands
+    from tfdialogpt.chat import ServedChat
     from tfdialogpt.checkpoint import load_config
     from tfdialogpt.config import DialoGPTConfig
     from tfdialogpt.serving.client import Client
 
     monkeypatch.setattr(Client, "wait_until_available", lambda self, timeout=60.0, poll=0.2: 1)
     parse = cli.build_parser().parse_args
-    chat = commands._make_chat(parse(["chat", "--server", "localhost:1"]))
+    chat = commands._make_chat(parse(["chat", "--server", "localhost:1", "--max-new-tokens", "20"]))
+    try:
+        assert isinstance(chat, ServedChat) and chat.settings == {"max_new_tokens": 20}
+        assert chat.client._tokenizer is None and chat.client.chat_signature == "chat"
+    finally:
+        chat.client.close()
+    chat = commands._make_chat(parse(["chat", "--server", "localhost:1", "--mmi-model", "default"]))
     try:
         config = load_config("default")
         assert config.max_positions < 1024
@@ -144,8 +153,10 @@ def test_chat_with_a_server_budgets_by_the_model_config(monkeypatch, tmp_path):
         chat.backend.close()
     small = tmp_path / "small-vocab"
     DialoGPTConfig(vocab_size=100, max_positions=64, hidden_size=8, num_layers=1, num_heads=2).save(small)
+    args = ["chat", "--server", "localhost:1", "--model", str(small), "--tokenizer", "default"]
+    args += ["--mmi-model", "default"]
     with pytest.raises(ValueError, match="--model names the served model"):
-        commands._make_chat(parse(["chat", "--server", "localhost:1", "--model", str(small), "--tokenizer", "default"]))
+        commands._make_chat(parse(args))
 
 
 def test_chat_from_a_pipe(default_greedy):

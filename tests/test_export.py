@@ -62,9 +62,15 @@ def test_warmup_records_cover_each_bucket(exported):
         request = entry.predict_log.request
         inputs = {key: to_ndarray(value) for key, value in request.inputs.items()}
         sig = contract.signature(request.model_spec.signature_name)
+        if "turns" in inputs:  # the settings left out take the export's defaults
+            assert set(inputs) == {"turns", "max_new_tokens"}
+            turn = inputs["turns"][0, 0].decode()
+            assert turn == "<|endoftext|>" * (turn.count("<|endoftext|>"))
+            seen.add((sig.name, turn.count("<|endoftext|>") + 1))  # + the turn's closing EOS
+            continue
         contract.check_inputs(sig, inputs, exported.limits)  # every record is a valid request
         seen.add((sig.name, inputs["input_ids"].shape[1]))
-    expected = {(name, n) for name in ("serving_default", "generate", "score") for n in WARMUP_LENGTHS}
+    expected = {(name, n) for name in ("chat", "generate", "score") for n in WARMUP_LENGTHS}
     assert seen == expected and len(logs) == exported.warmup_records == len(expected)
 
 
@@ -104,12 +110,14 @@ def test_only_stock_ops(exported):
     assert_only_stock_ops(exported.path)
 
 
-def test_int8_export_matches_the_int8_model(tmp_path):
+def test_int8_export_matches_the_int8_model(tmp_path, serving_tokenizer):
     """A quantized model exports with stock ops only, and its signatures (with and without XLA)
     give the quantized model's own greedy tokens."""
     quantized = make_model(seed=0)
     quantized.quantize("int8")
-    result = export(quantized, tmp_path, max_new_tokens_cap=CAP, warmup_prompt_lengths=WARMUP_LENGTHS[:1])
+    result = export(
+        quantized, tmp_path, max_new_tokens_cap=CAP, warmup_prompt_lengths=(16,), tokenizer=serving_tokenizer
+    )
     assert "BatchMatMulV3" in assert_only_stock_ops(result.path)  # the int8 x int8 -> int32 matmul
     loaded = tf.saved_model.load(result.path)
     ids, mask = left_pad(PROMPTS)
@@ -128,13 +136,14 @@ def test_int8_export_matches_the_int8_model(tmp_path):
         np.testing.assert_array_equal(out["sequences"].numpy(), sequences, err_msg=name)
         np.testing.assert_array_equal(out["lengths"].numpy(), lengths, err_msg=name)
     with pytest.raises(ValueError, match="quantize the model object first"):
-        export(make_model(seed=0), tmp_path, quantize="int8")
+        export(make_model(seed=0), tmp_path, quantize="int8", tokenizer=serving_tokenizer)
 
 
 FRESH_PROCESS = textwrap.dedent("""
     import json, sys
     import numpy as np
     import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the chat signatures' SentencePiece ops, linked by TF Serving)
 
     path, new = sys.argv[1], int(sys.argv[4])
     ids, mask = (np.array(json.loads(arg), np.int32) for arg in sys.argv[2:4])
@@ -142,7 +151,7 @@ FRESH_PROCESS = textwrap.dedent("""
     params = dict(max_new_tokens=np.int32(new), temperature=np.float32(1), top_k=np.int32(0), top_p=np.float32(1),
                   repetition_penalty=np.float32(1), seed=np.int32(0), do_sample=np.bool_(False))
     result = {"tfdialogpt_imported": any(m.startswith("tfdialogpt") for m in sys.modules)}
-    for name in ("serving_default", "generate", "generate_xla"):
+    for name in ("generate", "generate_xla"):
         out = loaded.signatures[name](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)
         result[name] = [out["sequences"].numpy().tolist(), out["lengths"].numpy().tolist()]
     target = np.zeros_like(ids); target[:, -2:] = 1
@@ -160,7 +169,7 @@ FRESH_PROCESS = textwrap.dedent("""
 
 
 def test_fresh_tensorflow_only_process_matches_model_generate(model, exported, tmp_path):
-    """Loads the export with nothing but TensorFlow: same greedy tokens as `model.generate`."""
+    """Loads the export with nothing but TensorFlow (and TF Text): same greedy tokens as `model.generate`."""
     new = 10
     ids, mask = left_pad(PROMPTS)
     script = tmp_path / "load_export.py"
@@ -180,7 +189,7 @@ def test_fresh_tensorflow_only_process_matches_model_generate(model, exported, t
 
     sequences, lengths = greedy_reference(model, PROMPTS, new)
     assert sequences.shape == (3, new)
-    for name in ("serving_default", "generate", "generate_xla"):
+    for name in ("generate", "generate_xla"):
         np.testing.assert_array_equal(result[name][0], sequences, err_msg=name)
         np.testing.assert_array_equal(result[name][1], lengths, err_msg=name)
 
@@ -206,12 +215,19 @@ def test_warmup_requests_skip_buckets_that_do_not_fit():
     assert [to_ndarray(e.predict_log.request.inputs["input_ids"]).shape for e in logs] == [(1, 16), (1, 32)]
 
 
-def test_export_refuses_bad_settings(model, tmp_path):
+def test_export_refuses_bad_settings(model, serving_tokenizer, tmp_path):
     (tmp_path / "3").mkdir()
     with pytest.raises(FileExistsError, match="version 3 already exists"):
-        export(model, tmp_path, version=3, max_new_tokens_cap=CAP)
+        export(model, tmp_path, version=3, max_new_tokens_cap=CAP, tokenizer=serving_tokenizer)
     with pytest.raises(ValueError, match="max_new_tokens_cap must be in"):
-        export(model, tmp_path, max_new_tokens_cap=SERVE_CONFIG.max_positions)
-    with pytest.raises(ValueError, match="cannot warm up"):
-        export(model, tmp_path, include_xla=False, warmup_signatures=["generate_xla"])
+        export(model, tmp_path, max_new_tokens_cap=SERVE_CONFIG.max_positions, tokenizer=serving_tokenizer)
+    for name in ("generate_xla", "chat_xla", "nonsense"):
+        with pytest.raises(ValueError, match="cannot warm up"):
+            export(model, tmp_path, include_xla=False, warmup_signatures=[name], tokenizer=serving_tokenizer)
+    with pytest.raises(ValueError, match="pass tokenizer="):
+        export(model, tmp_path)  # a model object built in memory: no tokenizer beside it
+    from tfdialogpt import Tokenizer
+
+    with pytest.raises(ValueError, match="does not fit the model"):
+        export(model, tmp_path, tokenizer=Tokenizer.from_pretrained("default"))  # 2048 ids, EOS 0
     assert sorted(os.listdir(tmp_path)) == ["3"], "nothing half-written may be left behind"

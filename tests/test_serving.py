@@ -26,7 +26,6 @@ from serving_utils import (
     bucket_pad,
     greedy_reference,
     left_pad,
-    make_tokenizer,
 )
 
 from tfdialogpt.serving import signatures as contract
@@ -143,16 +142,14 @@ def test_one_data_type_table_matches_tensorflow():
     assert contract.DTYPE_ENUMS is DTYPE_ENUMS and contract.DTYPE_NAMES is DTYPE_NAMES
     for enum, (name, dtype, _field) in DATA_TYPES.items():
         assert apis().types_pb2.DataType.Name(enum) == name == dtype_name(enum)
-        assert tf.dtypes.as_dtype(enum).as_numpy_dtype == dtype.type
+        assert np.dtype(tf.dtypes.as_dtype(enum).as_numpy_dtype) == dtype
         assert DTYPE_ENUMS[dtype.name] == enum == tf.dtypes.as_dtype(dtype).as_datatype_enum
-    assert dtype_name(7) == "DT_STRING"  # outside the table: TensorFlow's own name
+    assert dtype_name(7) == "DT_STRING" and dtype_name(8) == "DT_COMPLEX64"  # outside the table: TF's own name
+    names = {"float32": "FLOAT", "int32": "INT32", "int64": "INT64", "bool": "BOOL", "string": "STRING"}
     for sig in contract.SIGNATURES.values():
         for spec in sig.inputs + sig.outputs:
             assert spec.dtype_enum == tf.dtypes.as_dtype(spec.dtype).as_datatype_enum
-            assert (
-                spec.dtype_name
-                == "DT_" + {"float32": "FLOAT", "int32": "INT32", "int64": "INT64", "bool": "BOOL"}[spec.dtype]
-            )
+            assert spec.dtype_name == "DT_" + names[spec.dtype]
 
 
 def test_tensor_protos_round_trip_and_match_tensorflow():
@@ -169,6 +166,17 @@ def test_tensor_protos_round_trip_and_match_tensorflow():
         back = to_ndarray(tf.make_tensor_proto(array))
         assert back.dtype == array.dtype and np.array_equal(back, array)
     assert to_ndarray(tf.make_tensor_proto(np.full((2, 2), 3, np.int32))).tolist() == [[3, 3], [3, 3]]
+    # Strings: object arrays of bytes both ways; str is sent as UTF-8; TF's own protos read back.
+    texts = np.array([["Hello", ""], ["ünï 🎉", "a\x00b"]], object)
+    proto = to_tensor_proto(texts)
+    back = to_ndarray(proto)
+    assert back.dtype == object and back.tolist() == [[b"Hello", b""], ["ünï 🎉".encode(), b"a\x00b"]]
+    assert tf.make_ndarray(proto).tolist() == back.tolist()
+    assert to_ndarray(tf.make_tensor_proto([[b"\xff\xfe"]])).tolist() == [[b"\xff\xfe"]]  # bytes pass as they are
+    with pytest.raises(ValueError, match="no UTF-8 form"):
+        to_tensor_proto(np.array(["bad \ud800"], object))
+    with pytest.raises(TypeError, match="holds a int"):
+        to_tensor_proto(np.array([b"ok", 3], object))
 
 
 LIMITS = contract.Limits(vocab_size=257, max_positions=96, eos_token_id=EOS, pad_token_id=EOS, max_new_tokens_cap=CAP)
@@ -303,8 +311,8 @@ def models(serving_models):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+def tokenizer(serving_tokenizer):
+    return serving_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -379,11 +387,28 @@ def test_official_stub_reply_equals_in_process_generate(server, stub, models):
     np.testing.assert_array_equal(tf.make_ndarray(response.outputs["sequences"]), sequences)
     np.testing.assert_array_equal(tf.make_ndarray(response.outputs["lengths"]), lengths)
 
-    # serving_default is what a request naming no signature gets; the echo says so.
-    request = _request(ids, mask, signature="")
+
+def test_official_stub_chats_by_default_with_string_tensors(server, stub, models, tokenizer):
+    """A request naming no signature gets serving_default, the chat: text in, text out, with
+    only `turns` given (the SignatureDef's defaults fill the settings)."""
+    import tensorflow as tf
+
+    from tfdialogpt.chat import Chat
+
+    histories = [["Hi!", "How are you?"], ["Hello", "", ""]]
+    request = apis().predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL_NAME
+    width = max(len(h) for h in histories)
+    request.inputs["turns"].CopyFrom(tf.make_tensor_proto([h + [""] * (width - len(h)) for h in histories]))
     response = stub.Predict(request, timeout=RPC_TIMEOUT)
     assert response.model_spec.signature_name == "serving_default"
-    np.testing.assert_array_equal(tf.make_ndarray(response.outputs["sequences"]), sequences)
+    replies = [r.decode() for r in tf.make_ndarray(response.outputs["reply"]).tolist()]
+    # The export's default max_new_tokens: GenerationConfig's 40, cut to the export's cap.
+    expected = [
+        Chat(models[1], tokenizer, history=h[:-1], max_new_tokens=CAP).reply(h[-1]) for h in (histories[0], ["Hello"])
+    ]
+    assert replies == expected
+    assert tf.make_ndarray(response.outputs["sequences"]).shape == (2, CAP)
 
 
 def test_client_generate_reply_and_score(server, models, tokenizer):
@@ -543,7 +568,7 @@ def test_client_leaving_mid_request_leaves_the_server_unaffected(server, stub, m
     assert server.process.poll() is None
 
 
-def test_new_version_mid_load_fails_no_request(server, base, models):
+def test_new_version_mid_load_fails_no_request(server, base, models, tokenizer):
     """Requests keep flowing while version 2 is exported and picked up; none fails, and once
     version 2 answers, later requests get version 2's tokens."""
     from tfdialogpt.serving.export import export
@@ -573,7 +598,7 @@ def test_new_version_mid_load_fails_no_request(server, base, models):
     for thread in threads:
         thread.start()
     try:
-        export(models[2], base, max_new_tokens_cap=CAP, warmup_prompt_lengths=WARMUP_LENGTHS)  # next version: 2
+        export(models[2], base, max_new_tokens_cap=CAP, warmup_prompt_lengths=WARMUP_LENGTHS, tokenizer=tokenizer)
         server.wait_for_version(2)
         deadline = time.monotonic() + 60
         while sum(v == 2 for _, v, _ in answers) < 8 and time.monotonic() < deadline:

@@ -31,6 +31,9 @@ TF_FREE = [
     "tfdialogpt.serving.signatures",
     "tfdialogpt.serving.errors",
     "tfdialogpt.serving.client",
+    "tfdialogpt.serving.warmup",
+    "tfdialogpt.chat",
+    "tfdialogpt._sentencepiece_bpe",
     "tfdialogpt.training.readers",
     "tfdialogpt.training.examples",
 ]
@@ -42,8 +45,8 @@ TF_FREE = [
 def test_signature_inputs_are_generation_config_fields():
     from tfdialogpt.serving import signatures as contract
 
-    for sig in (contract.GENERATE, contract.GENERATE_XLA):
-        settings = [spec for spec in sig.inputs if spec.name not in ("input_ids", "attention_mask")]
+    for sig in (contract.GENERATE, contract.GENERATE_XLA, contract.CHAT, contract.CHAT_XLA):
+        settings = [spec for spec in sig.inputs if spec.name not in ("input_ids", "attention_mask", "turns")]
         assert [spec.name for spec in settings] == list(SERVED)
         for spec in settings:
             setting = SETTINGS[spec.name]

@@ -1,6 +1,10 @@
 """Conversations: history kept as turns, DialoGPT's input built from the newest turns that fit,
 replies generated (locally or by a served model), and MMI reranking as in the paper.
 
+`Chat` tokenizes here and talks ids to its backend (a local model, or a served export's
+`generate` signature). `ServedChat` sends the text history to a served export's `chat`
+signature, which tokenizes, truncates and detokenizes in the graph: no tokenizer here.
+
     >>> chat = Chat(DialoGPT.from_pretrained("default"), Tokenizer.from_pretrained("default"))  # doctest: +SKIP
     >>> chat.reply("Hello")  # doctest: +SKIP
     'Hi there!'
@@ -185,6 +189,42 @@ class Chat:
         turns = _split_turns(context, eos)
         source = [t for turn in reversed(turns) for t in turn + [eos]]
         return candidates[self.mmi.pick(self.mmi.scores(source, candidates, eos))]
+
+
+class ServedChat:
+    """A dialogue with a served export's `chat` signature; the history is kept here as text.
+
+    Args:
+        client: a `tfdialogpt.serving.Client` (anything with its `reply(history, **settings)`).
+        history: earlier turns to start from (oldest first, user and bot alternating).
+        **settings: served `GenerationConfig` settings sent with every request; those not
+            given take the export's defaults (its model's `generation_config`).
+
+    Example:
+        >>> chat = ServedChat(Client("localhost:8500"), do_sample=True, top_p=0.9)  # doctest: +SKIP
+        >>> chat.reply("Does money buy happiness?")  # doctest: +SKIP
+    """
+
+    def __init__(self, client, *, history: Sequence[str] = (), **settings: Any):
+        if any(not isinstance(turn, str) for turn in history):
+            raise ValueError("history must be a list of turns (strings), oldest first")
+        self.client, self.settings = client, settings
+        self._turns: list[str] = list(history)
+
+    @property
+    def history(self) -> list[str]:
+        return list(self._turns)
+
+    def reset(self) -> None:
+        self._turns.clear()
+
+    def reply(self, text: str) -> str:
+        """Adds the user's turn, asks the server, stores and returns the reply."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("a user turn must be a non-empty string")
+        reply = self.client.reply(self._turns + [text], **self.settings)
+        self._turns += [text, reply]
+        return reply
 
 
 def changed_settings(config: GenerationConfig) -> dict[str, Any]:

@@ -86,8 +86,8 @@ def _add_model_arguments(p, server: bool) -> None:
             "--server",
             metavar="HOST:PORT",
             default=None,
-            help="chat through a served model instead (--model then names its config and tokenizer; "
-            "no weights are read)",
+            help="chat through a served export's chat signature instead (text over gRPC; no model or "
+            "tokenizer here; with --mmi-model, --model names the served model's config and tokenizer)",
         )
         p.add_argument("--model-name", default="dialogpt", help="the served model's name")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed to each request")
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         """
         tfdialogpt chat
         tfdialogpt chat --model microsoft/DialoGPT-medium --do-sample --top-p 0.9
-        tfdialogpt chat --server localhost:8500 --model microsoft/DialoGPT-medium   # its config and tokenizer
+        tfdialogpt chat --server localhost:8500                   # a served export: text in, text out
         printf 'Hello\\nHow are you?\\n' | tfdialogpt chat
       in the chat: /reset clears the history, /quit or Ctrl-D leaves
     """,
@@ -339,7 +339,8 @@ _TF_FREE_COMMANDS = {"tokenize"}
 def _needs_tensorflow(args) -> bool:
     if args.command in _TF_FREE_COMMANDS or (args.command == "info" and not args.check):
         return False
-    return not (args.command in ("chat", "generate") and getattr(args, "server", None))
+    served = args.command in ("chat", "generate") and getattr(args, "server", None)
+    return not served or bool(getattr(args, "mmi_model", None))  # MMI's reverse model runs here
 
 
 def main(argv=None) -> int:

@@ -133,10 +133,11 @@ def cmd_generate(args) -> int:
 
 
 def _make_chat(args, history=()):
-    from tfdialogpt.chat import MMI, Chat, LocalBackend
+    from tfdialogpt.chat import MMI, Chat, LocalBackend, ServedChat
     from tfdialogpt.tokenizer import Tokenizer
 
     settings = _generation_settings(args)
+    mmi_model = getattr(args, "mmi_model", None)
     if getattr(args, "server", None):
         from tfdialogpt.serving.client import Client
 
@@ -145,15 +146,20 @@ def _make_chat(args, history=()):
                 "--quantize applies to a local model; a served model's weights are chosen when "
                 "it is exported (tfdialogpt export --quantize int8)"
             )
+        if not mmi_model:  # text to the export's chat signature: no tokenizer, no config here
+            client = Client(args.server, args.model_name, timeout=args.timeout)
+            client.wait_until_available(timeout=args.timeout)
+            return ServedChat(client, history=history, **settings)
         from tfdialogpt.checkpoint import load_config
 
+        # MMI reranks ids: the history is tokenized here and sent to the generate signature.
         config = load_config(args.model)  # the served model's positions and EOS id; no weights read
         tokenizer = Tokenizer.from_pretrained(args.tokenizer or args.model)
         if tokenizer.vocab_size > config.vocab_size:
             raise ValueError(
                 f"the tokenizer has {tokenizer.vocab_size} ids but --model {args.model}'s config only "
-                f"{config.vocab_size}: with --server, --model names the served model's directory or "
-                "hub id (its config and tokenizer; no weights are read)"
+                f"{config.vocab_size}: with --server and --mmi-model, --model names the served model's "
+                "directory or hub id (its config and tokenizer; no weights are read)"
             )
         backend = Client(
             args.server,
@@ -172,11 +178,11 @@ def _make_chat(args, history=()):
         if args.no_xla:
             backend = LocalBackend(backend, jit_compile=False)
     mmi = None
-    if getattr(args, "mmi_model", None):
+    if mmi_model:
         from tfdialogpt import DialoGPT
 
         mmi = MMI(
-            DialoGPT.from_pretrained(args.mmi_model),
+            DialoGPT.from_pretrained(mmi_model),
             num_candidates=args.mmi_candidates,
             temperature=args.mmi_temperature,
             seed=args.seed,

@@ -1,6 +1,7 @@
 """The end-to-end demo (`make demo`, `tfdialogpt demo`): export the embedded default model,
-serve it with `tfdialogpt serve`, hold a scripted conversation through the gRPC client, print
-the replies with their latency, and stop the server."""
+serve it with `tfdialogpt serve`, hold a scripted conversation through the gRPC client (text
+to the export's chat signature: the tokenizer runs in the served graph), print the replies with
+their latency, and stop the server."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def _free_port() -> int:
 
 def run_demo(workdir: str | None = None, turns=None, port: int = 0, out=sys.stdout) -> int:
     """Runs the demo; returns 0 when every scripted turn got a reply over gRPC."""
-    from tfdialogpt import DialoGPT, Tokenizer
-    from tfdialogpt.chat import Chat
+    from tfdialogpt import DialoGPT
+    from tfdialogpt.chat import ServedChat
     from tfdialogpt.serving.client import Client
     from tfdialogpt.serving.export import export
 
@@ -59,16 +60,7 @@ def run_demo(workdir: str | None = None, turns=None, port: int = 0, out=sys.stdo
                 command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
             )
         try:
-            tokenizer = Tokenizer.from_pretrained("default")
-            config = model.config
-            with Client(
-                f"127.0.0.1:{port}",
-                MODEL_NAME,
-                tokenizer=tokenizer,
-                timeout=60,
-                max_positions=config.max_positions,
-                eos_token_id=config.eos_token_id,
-            ) as client:
+            with Client(f"127.0.0.1:{port}", MODEL_NAME, timeout=60) as client:
                 started = time.perf_counter()
                 version = client.wait_until_available(timeout=180)
                 print(
@@ -76,7 +68,7 @@ def run_demo(workdir: str | None = None, turns=None, port: int = 0, out=sys.stdo
                     f"({time.perf_counter() - started:.1f} s)",
                     file=out,
                 )
-                chat = Chat(client, tokenizer, max_new_tokens=32)
+                chat = ServedChat(client, max_new_tokens=32)  # text over gRPC: the export tokenizes
                 for text in turns:
                     started = time.perf_counter()
                     reply = chat.reply(text)

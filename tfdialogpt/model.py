@@ -50,6 +50,7 @@ class DialoGPT(keras.Model):
         super().__init__(**kwargs)
         self.config = config
         self.generation_config = GenerationConfig()
+        self.name_or_path: str | None = None  # where from_pretrained found it (its tokenizer is there too)
         init = keras.initializers.RandomNormal(stddev=config.initializer_range)
         # Sublayers share the model's dtype policy: `DialoGPT(config, dtype="mixed_bfloat16")`.
         policy = self.dtype_policy
@@ -291,6 +292,7 @@ class DialoGPT(keras.Model):
                 model.generation_config = config.replace(**same)
             except ValueError as err:
                 raise checkpoint.CheckpointError(str(err)) from None
+        model.name_or_path = os.fspath(name_or_path)
         return model
 
     def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> None:

@@ -58,6 +58,7 @@ import tensorflow_text as tf_text
 from tokenizers import Regex, pre_tokenizers
 
 from tfdialogpt._gpt2_vocab import bytes_to_unicode
+from tfdialogpt._sentencepiece_bpe import sentencepiece_model
 from tfdialogpt.tokenizer import Tokenizer
 
 # Code points scanned for the character classes; the rest (planes 4-13, unassigned in every
@@ -65,9 +66,6 @@ from tfdialogpt.tokenizer import Tokenizer
 # whitespace in any version.
 _SCANNED = ((0, 0x3FFFF), (0xE0000, 0xEFFFF))
 MARK = b"\xff"
-# Spellings no input can hold: the input to SentencePiece is in the byte alphabet only.
-_UNMATCHABLE = "\ue000"
-_UNK_PIECE = "\ue001unk"
 _SUPPORTED_BPE = {
     "dropout": None,
     "continuing_subword_prefix": None,
@@ -118,7 +116,7 @@ class TextGraph(tf.Module):
         self.vocab_size = len(token_strings)
         self.eos_token_id = int(eos_token_id)
         self.eos_token = eos_token
-        model = _sentencepiece_model(token_strings, merges, self.eos_token_id)
+        model = sentencepiece_model(token_strings, merges, self.eos_token_id)
         self._run_end_pattern, self._piece_pattern = split_patterns()
         self._sentencepiece = tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32)
         self._byte_to_char = tf.constant([ord(alphabet[b]) for b in range(256)], tf.int32)
@@ -329,6 +327,23 @@ class TextGraph(tf.Module):
         raw = tf.strings.reduce_join(ids.with_flat_values(tf.gather(self._token_bytes, ids.flat_values)), axis=-1)
         return tf.strings.unicode_transcode(raw, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
 
+    @staticmethod
+    def strip(texts: tf.Tensor) -> tf.Tensor:
+        """Leading and trailing whitespace removed, as Python's `str.strip()` does each text.
+
+        Example:
+            >>> TextGraph.strip(tf.constant(["\u3000 Hi!\n"])).numpy()[0].decode()
+            'Hi!'
+        """
+        return tf.strings.regex_replace(texts, _strip_pattern(), "")
+
+
+@functools.lru_cache(maxsize=1)
+def _strip_pattern() -> str:
+    # Python's whitespace (`str.isspace`: Unicode White_Space plus the separators U+001C-U+001F).
+    spaces = "".join(rf"\x{{{code:X}}}" for code in range(0x110000) if chr(code).isspace())
+    return f"^[{spaces}]+|[{spaces}]+$"
+
 
 @functools.lru_cache(maxsize=1)
 def split_patterns() -> tuple[str, str]:
@@ -368,43 +383,3 @@ def _code_point_ranges(pattern: str) -> list[tuple[int, int]]:
                     ranges.append((lo + start, lo + gap_start - 1))
                 start = gap_end
     return ranges
-
-
-def _sentencepiece_model(token_strings: list[str], merges: list[tuple[str, str]], eos_token_id: int) -> bytes:
-    """A SentencePiece BPE `ModelProto` whose merges are the vocabulary's real BPE merges.
-
-    Piece i is id i, scored -(rank of the merge making it). Tokens real BPE never outputs (no
-    merge makes them, or BPE of their own characters is not themselves) are spelled so that
-    nothing matches them; see the module docstring for why this makes the two agree.
-    """
-    from sentencepiece import sentencepiece_model_pb2 as spm
-    from tokenizers import models
-
-    ranks = {left + right: rank for rank, (left, right) in reversed(list(enumerate(merges)))}
-    bpe = models.BPE({token: i for i, token in enumerate(token_strings)}, merges)
-    proto = spm.ModelProto()
-    piece_type = spm.ModelProto.SentencePiece
-    for token_id, token in enumerate(token_strings):
-        score, kind, spelling = 0.0, piece_type.NORMAL, token
-        if token_id == eos_token_id:
-            kind = piece_type.CONTROL
-        elif len(token) > 1:
-            rank = ranks.get(token)
-            stable = rank is not None and [t.value for t in bpe.tokenize(token)] == [token]
-            if stable:
-                score = -float(rank)
-            else:
-                spelling = f"{_UNMATCHABLE}{token_id}"
-        proto.pieces.add(piece=spelling, score=score, type=kind)
-    proto.pieces.add(piece=_UNK_PIECE, score=0.0, type=piece_type.UNKNOWN)
-    spec = proto.trainer_spec
-    spec.model_type = spm.TrainerSpec.BPE
-    spec.vocab_size = len(token_strings) + 1
-    spec.unk_id, spec.bos_id, spec.eos_id, spec.pad_id = len(token_strings), -1, -1, -1
-    spec.byte_fallback = False
-    normalizer = proto.normalizer_spec
-    normalizer.name = "identity"
-    normalizer.add_dummy_prefix = False
-    normalizer.remove_extra_whitespaces = False
-    normalizer.escape_whitespaces = False
-    return proto.SerializeToString()

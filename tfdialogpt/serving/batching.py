@@ -43,8 +43,8 @@ class _Task:
 
 def batch_key(servable: Servable, sig: contract.Signature, inputs: Mapping[str, np.ndarray]) -> tuple | None:
     """Requests with the same key can be concatenated along the batch axis and split after."""
-    if sig.name not in contract.SIGNATURES:
-        return None
+    if sig.name not in contract.SIGNATURES or "input_ids" not in inputs:
+        return None  # chat requests run alone for now: merging would re-pad a row's prompt
     scalars = tuple(
         (name, inputs[name].tobytes()) for name in sig.input_names if inputs[name].ndim == 0 and name != "seed"
     )

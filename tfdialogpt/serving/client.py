@@ -1,4 +1,5 @@
-"""A client for a served DialoGPT export: ids over TF Serving's gRPC API, text handled locally.
+"""A client for a served DialoGPT export over TF Serving's gRPC API: text through the export's
+`chat` signature (no tokenizer here), ids through `generate` and `score`.
 
 Works the same against the real `tensorflow_model_server` and against
 `tfdialogpt.serving.server`. It needs no weights and does not start TensorFlow: requests are
@@ -7,7 +8,7 @@ protos (`protos.py`).
 
 Example:
     >>> from tfdialogpt.serving import Client
-    >>> with Client("localhost:8500", "dialogpt", tokenizer="./dialogpt-small") as client:  # doctest: +SKIP
+    >>> with Client("localhost:8500", "dialogpt") as client:  # doctest: +SKIP
     ...     client.reply(["Does money buy happiness?"])
     'Not really.'
 """
@@ -87,20 +88,49 @@ class Scores:
 # ---- the client ------------------------------------------------------------------------------
 
 
+def _served_config(config: GenerationConfig | None) -> GenerationConfig:
+    """`config` checked, refused if it needs a setting the signatures do not serve, with a seed."""
+    try:  # refused here, as the server would refuse it
+        config = (config or GenerationConfig()).validate()
+    except ValueError as err:
+        raise InvalidRequestError(str(err), code=grpc.StatusCode.INVALID_ARGUMENT) from None
+    for name, setting in SETTINGS.items():
+        if name not in contract.PARAMETERS and getattr(config, name) != setting.default:
+            raise ValueError(
+                f"{name}={getattr(config, name)} is not served: the exported signatures decode "
+                f"greedily or by sampling ({name}={setting.default}); use a local DialoGPT for it"
+            )
+    if config.seed is None:
+        config = config.replace(seed=secrets.randbelow(SEED_LIMIT) if config.do_sample else 0)
+    return config
+
+
+def _utf8(turn: str) -> bytes:
+    try:
+        return turn.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidRequestError(
+            f"a turn holds {turn[err.start]!r}, which has no UTF-8 form", code=grpc.StatusCode.INVALID_ARGUMENT
+        ) from None
+
+
 class Client:
     """Talks to a model server that serves a tfdialogpt export.
 
-    Also usable as a `tfdialogpt.chat` backend (`generate_ids`, `score_ids`, `max_positions`),
-    so `Chat(Client(...), tokenizer)` chats with a served model.
+    `reply` and `replies` send text to the export's chat signature, which tokenizes, truncates
+    the history, decodes and detokenizes in the graph. The client is also a `tfdialogpt.chat`
+    backend (`generate_ids`, `score_ids`, `max_positions`), so `Chat(Client(...), tokenizer)`
+    chats over ids, with the history kept and tokenized here (and MMI reranking).
 
     Args:
         target: `host:port` of the gRPC endpoint.
         model_name: the served model's name (`--model_name` of the server).
         tokenizer: a `tfdialogpt.Tokenizer`, or a directory / hub id to load one from; only
-            needed by `reply` and `replies` (loaded on first use).
+            needed to use the client as a `Chat` backend's ids (not by `reply`).
         version: ask for this version; None lets the server pick its newest.
         signature: the generate signature to call: `generate` (any server) or
             `generate_xla` (TF Serving started with its XLA flags).
+        chat_signature: the chat signature `reply` calls: `chat` or `chat_xla`.
         timeout: seconds allowed to every call unless the call passes its own.
         max_positions: the model's positions (1024 for DialoGPT); bounds history length.
         eos_token_id: `<|endoftext|>`, also used as padding; the tokenizer's if given.
@@ -124,6 +154,7 @@ class Client:
         tokenizer: Any = None,
         version: int | None = None,
         signature: str = contract.GENERATE_SIGNATURE,
+        chat_signature: str = contract.CHAT_SIGNATURE,
         timeout: float = DEFAULT_TIMEOUT,
         max_positions: int = 1024,
         eos_token_id: int | None = None,
@@ -132,9 +163,13 @@ class Client:
         if signature not in contract.SIGNATURES or contract.SIGNATURES[signature].inputs != contract.GENERATE.inputs:
             generate_names = [n for n, s in contract.SIGNATURES.items() if s.inputs == contract.GENERATE.inputs]
             raise ValueError(f"signature must be one of {generate_names}, got {signature!r}")
+        chat_names = [n for n, s in contract.SIGNATURES.items() if s.inputs == contract.CHAT.inputs]
+        if chat_signature not in chat_names:
+            raise ValueError(f"chat_signature must be one of {chat_names}, got {chat_signature!r}")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout}")
         self.target, self.model_name, self.version = target, model_name, version
+        self.chat_signature = chat_signature
         self.signature, self.timeout, self.max_positions = signature, timeout, max_positions
         self._tokenizer = tokenizer
         if eos_token_id is None:
@@ -239,18 +274,7 @@ class Client:
             ValueError: a setting that is not served.
             ServingError: the call failed.
         """
-        try:  # refused here, as the server would refuse it
-            config = (config or GenerationConfig()).replace(**settings).validate()
-        except ValueError as err:
-            raise InvalidRequestError(str(err), code=grpc.StatusCode.INVALID_ARGUMENT) from None
-        for name, setting in SETTINGS.items():
-            if name not in contract.PARAMETERS and getattr(config, name) != setting.default:
-                raise ValueError(
-                    f"{name}={getattr(config, name)} is not served: the exported signatures decode "
-                    f"greedily or by sampling ({name}={setting.default}); use a local DialoGPT for it"
-                )
-        if config.seed is None:
-            config = config.replace(seed=secrets.randbelow(SEED_LIMIT) if config.do_sample else 0)
+        config = _served_config((config or GenerationConfig()).replace(**settings) if settings else config)
         ids, mask = self._prompt_batch(input_ids, attention_mask, config.max_new_tokens)
         inputs = {"input_ids": ids, "attention_mask": mask}
         for name, parameter in contract.PARAMETERS.items():
@@ -293,21 +317,48 @@ class Client:
         timeout: float | None = None,
         **settings,
     ) -> list[str]:
-        """Replies to several dialogue histories in one Predict call (tokenized here)."""
-        tokenizer = self.tokenizer
-        config = (config or GenerationConfig()).replace(**settings)
-        budget = self.max_positions - config.max_new_tokens
-        prompts = [tokenizer.encode_dialogue(list(history), max_length=budget) for history in histories]
-        out = self.generate(prompts, config=config, timeout=timeout)
-        return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out.token_lists(self.eos_token_id)]
+        """Replies to several dialogue histories in one Predict call of the chat signature.
 
-    def reply(self, history: Sequence[str] | str, **sampling) -> str:
-        """The model's reply to a dialogue history (turns oldest first; a str is one turn).
+        Args:
+            histories: each a list of turns, oldest first, the user's newest last.
+            config: a `GenerationConfig` whose served settings are all sent; without it
+                only `settings` are sent and the export's defaults (its model's
+                `generation_config`) fill in the rest.
+            timeout: seconds for this call.
+            **settings: served settings by name (`max_new_tokens`, `do_sample`, `seed`, ...).
 
-        Keyword arguments are those of `generate` (`max_new_tokens`, `do_sample`, `top_p`, ...).
+        Raises:
+            InvalidRequestError: a bad setting or an empty history (before any call), or the
+                server refused the request.
+            ValueError: a setting that is not served.
         """
-        history = [history] if isinstance(history, str) else list(history)
-        return self.replies([history], **sampling)[0]
+        rows = [[history] if isinstance(history, str) else list(history) for history in histories]
+        for i, row in enumerate(rows):
+            if not row or any(not isinstance(turn, str) for turn in row) or not row[-1]:
+                raise InvalidRequestError(
+                    f"history {i} must be a non-empty list of turns (strings), the newest non-empty",
+                    code=grpc.StatusCode.INVALID_ARGUMENT,
+                )
+        if not rows:
+            return []
+        full = _served_config((config or GenerationConfig()).replace(**settings))
+        sent = contract.PARAMETERS if config is not None else settings
+        if "do_sample" in sent and "seed" not in sent:
+            sent = {**sent, "seed": None}  # sampled with a fresh seed, as `generate` does
+        width = max(len(row) for row in rows)
+        turns = np.full((len(rows), width), b"", object)
+        for i, row in enumerate(rows):
+            turns[i, : len(row)] = [_utf8(turn) for turn in row]
+        inputs = {"turns": turns}
+        for name in sent:
+            inputs[name] = np.asarray(getattr(full, name), contract.PARAMETERS[name].spec.np_dtype)
+        outputs, _ = self.predict(self.chat_signature, inputs, timeout)
+        return [reply.decode("utf-8") for reply in outputs["reply"].tolist()]
+
+    def reply(self, history: Sequence[str] | str, **settings) -> str:
+        """The model's reply to a dialogue history (turns oldest first; a str is one turn),
+        from the chat signature. Keywords are those of `replies`."""
+        return self.replies([history], **settings)[0]
 
     # ---- the chat backend protocol ----
     def generate_ids(self, histories: Sequence[Sequence[int]], **sampling) -> list[list[int]]:

@@ -2,16 +2,16 @@
 
 `export(model, "/models/dialogpt")` writes `/models/dialogpt/<version>/` (the next version by
 default) holding:
-- `saved_model.pb` + `variables/` with the signatures of `signatures.py`:
-  `serving_default` and `generate` (the decoding loop with its KV cache, plain graph: stock
-  TF Serving runs it with no flags), `generate_xla` (the same loop with `jit_compile=True`,
-  for TF Serving started with `--xla_cpu_compilation_enabled`), and `score`;
-- `assets.extra/tf_serving_warmup_requests`: a TFRecord of `PredictionLog`, one request per
-  prompt-length bucket and signature, which TF Serving replays before serving the version;
+- `saved_model.pb` + `variables/` with the signatures of `signatures.py` (built by
+  `serving_module.py`): `serving_default` = `chat` (text in, text out, the tokenizer in the
+  graph), `generate` (ids in, ids out), their XLA twins `chat_xla` and `generate_xla` (for TF
+  Serving started with `--xla_cpu_compilation_enabled`), and `score`;
+- `assets.extra/tf_serving_warmup_requests`: a TFRecord of `PredictionLog` (`warmup.py`), one
+  request per prompt-length bucket and signature, which TF Serving replays before serving;
 - `assets.extra/tfdialogpt.json`: the export's limits (cap on new tokens, vocabulary,
   positions), which `tfdialogpt.serving.server` uses to check requests.
 
-Only stock TF ops are used (no `py_function`, no custom ops). The version directory is
+Only stock TF and TF Text ops are used (no `py_function`, no custom ops). The version directory is
 written under a temporary name and renamed into place, so a polling server never sees a half
 written version.
 
@@ -26,23 +26,19 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import tensorflow as tf
 
-from tfdialogpt.generation_config import SETTINGS
 from tfdialogpt.serving import signatures as contract
-from tfdialogpt.serving.protos import apis, to_tensor_proto
+from tfdialogpt.serving.serving_module import ServingModule
+from tfdialogpt.serving.warmup import warmup_requests
 
-# make_generate(model, max_new_tokens_cap, jit_compile) -> fn(input_ids, attention_mask,
-# **served settings) -> (sequences [B, <=cap], lengths [B]), all arguments tensors.
-GenerateBuilder = Callable[..., Callable[..., tuple[tf.Tensor, tf.Tensor]]]
+__all__ = ["ExportResult", "export", "next_version", "warmup_requests"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,194 +61,6 @@ def next_version(base_path: str | os.PathLike) -> int:
     return max(versions, default=0) + 1
 
 
-def _tf_signature(sig: contract.Signature) -> list[tf.TensorSpec]:
-    return [tf.TensorSpec(spec.static_shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in sig.inputs]
-
-
-def _named(fn: Callable, names: Sequence[str]) -> Callable:
-    """`fn(*tensors)` with named parameters, so signature inputs carry the contract's names."""
-    fn.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
-    )
-    return fn
-
-
-def _default_generate_builder(model, max_new_tokens_cap: int, jit_compile: bool):
-    """The decoding loop of `tfdialogpt.generation` (the function `model.generate` compiles);
-    run-time settings the contract does not serve keep `GenerationConfig`'s defaults."""
-    from tfdialogpt.generation.engine import GENERATE_INPUTS, make_generate_fn
-
-    generate_fn = make_generate_fn(model, max_new_tokens=max_new_tokens_cap, jit_compile=jit_compile)
-    fixed = {
-        name: tf.constant(SETTINGS[name].wire_default, dtype)
-        for name, dtype in GENERATE_INPUTS[2:]
-        if name not in contract.PARAMETERS
-    }
-
-    def decode(input_ids, attention_mask, **settings):
-        out = generate_fn(input_ids=input_ids, attention_mask=attention_mask, **settings, **fixed)
-        return out["sequences"], out["lengths"]
-
-    return decode
-
-
-def _range_check(name: str, value, setting, high) -> tf.Operation | None:
-    """An in-graph check of one served setting against `GenerationConfig`'s range."""
-    low, high = setting.low, setting.high if high is None else high
-    if setting.kind is bool or (low is None and high is None):
-        return None
-    ok = tf.math.is_finite(tf.cast(value, tf.float32))
-    if low is not None:
-        ok &= value > low if setting.low_open else value >= low
-    if high is not None:
-        ok &= value < high if setting.high_open else value <= high
-    return tf.debugging.Assert(ok, [f"{name} must be in {setting.range_text(high)}, got", value])
-
-
-def _generate_checks(limits: contract.Limits, input_ids, attention_mask, settings):
-    """In-graph request checks, so stock TF Serving also answers INVALID_ARGUMENT with a reason."""
-    length = tf.shape(input_ids)[1]
-    assert_ = tf.debugging.Assert
-    checks = [
-        tf.debugging.assert_equal(
-            tf.shape(attention_mask), tf.shape(input_ids), message="attention_mask must have input_ids' shape"
-        ),
-        assert_(length > 0, ["input_ids has no columns; expected at least one prompt token"]),
-        assert_(
-            tf.reduce_all((input_ids >= 0) & (input_ids < limits.vocab_size)),
-            [f"input_ids must be in [0, {limits.vocab_size})"],
-        ),
-        assert_(
-            tf.reduce_all(attention_mask[:, -1] == 1),
-            ["attention_mask's last column must be 1: prompts must be left-padded"],
-        ),
-        assert_(
-            length + settings["max_new_tokens"] <= limits.max_positions,
-            [
-                f"prompt length + max_new_tokens must be at most {limits.max_positions}, got",
-                length,
-                settings["max_new_tokens"],
-            ],
-        ),
-    ]
-    highs = limits.highs()
-    for name, parameter in contract.PARAMETERS.items():
-        check = _range_check(name, settings[name], parameter.setting, highs.get(name))
-        if check is not None:
-            checks.append(check)
-    return checks
-
-
-class ServingModule(tf.Module):
-    """The exported object: the model's variables and one tf.function per signature.
-
-    Args:
-        model: a `DialoGPT`.
-        limits: the export's limits.
-        make_generate: builds the decoding function (see `GenerateBuilder`); by default
-            `tfdialogpt.generation.make_generate_fn`.
-    """
-
-    def __init__(
-        self, model, limits: contract.Limits, make_generate: GenerateBuilder | None = None, include_xla: bool = True
-    ):
-        super().__init__(name="dialogpt_serving")
-        self.model = model
-        self.limits = limits
-        make_generate = make_generate or _default_generate_builder
-        self.generate = self._generate_function(make_generate(model, limits.max_new_tokens_cap, False))
-        self.generate_xla = (
-            self._generate_function(make_generate(model, limits.max_new_tokens_cap, True)) if include_xla else None
-        )
-        self.score = tf.function(self._score, input_signature=_tf_signature(contract.SCORE))
-
-    def _generate_function(self, decode):
-        limits = self.limits
-        names = contract.GENERATE.input_names
-
-        def generate(*inputs):
-            values = dict(zip(names, inputs, strict=True))
-            input_ids, attention_mask = values.pop("input_ids"), values.pop("attention_mask")
-            with tf.control_dependencies(_generate_checks(limits, input_ids, attention_mask, values)):
-                sequences, lengths = decode(input_ids, attention_mask, **values)
-            # Exactly max_new_tokens columns, whatever buffer the decoder kept.
-            sequences = tf.cast(sequences[:, : values["max_new_tokens"]], tf.int32)
-            return {"sequences": sequences, "lengths": tf.cast(lengths, tf.int32)}
-
-        return tf.function(_named(generate, names), input_signature=_tf_signature(contract.GENERATE))
-
-    def _score(self, input_ids, attention_mask, target_mask):
-        from tfdialogpt.scoring import score_tensors
-
-        checks = [
-            tf.debugging.assert_equal(
-                tf.shape(attention_mask), tf.shape(input_ids), message="attention_mask must have input_ids' shape"
-            ),
-            tf.debugging.assert_equal(
-                tf.shape(target_mask), tf.shape(input_ids), message="target_mask must have input_ids' shape"
-            ),
-            tf.debugging.Assert(
-                tf.reduce_all((input_ids >= 0) & (input_ids < self.limits.vocab_size)),
-                [f"input_ids must be in [0, {self.limits.vocab_size})"],
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            log_probs = score_tensors(self.model, input_ids, attention_mask, target_mask)
-        num_tokens = tf.reduce_sum(tf.cast(target_mask[:, 1:], tf.int32), axis=1)
-        return {"log_probs": tf.cast(log_probs, tf.float32), "num_tokens": num_tokens}
-
-    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
-        functions = {
-            contract.DEFAULT_SIGNATURE: self.generate.get_concrete_function(),
-            contract.GENERATE_SIGNATURE: self.generate.get_concrete_function(),
-            contract.SCORE_SIGNATURE: self.score.get_concrete_function(),
-        }
-        if self.generate_xla is not None:
-            functions[contract.GENERATE_XLA_SIGNATURE] = self.generate_xla.get_concrete_function()
-        return functions
-
-
-def warmup_requests(
-    limits: contract.Limits,
-    signature_names: Sequence[str],
-    model_name: str = "dialogpt",
-    batch_sizes: Sequence[int] = (1,),
-) -> list:
-    """`PredictionLog`s, one per signature, prompt-length bucket and batch size.
-
-    Generate requests ask for 2 new tokens: enough to run the prefill and a decode step of
-    every compiled shape, quick even for large models.
-    """
-    api = apis()
-    lengths = [n for n in limits.warmup_prompt_lengths if n + 2 <= limits.max_positions] or [1]
-    logs = []
-    for name in signature_names:
-        sig = contract.SIGNATURES[name]
-        for length in lengths:
-            for batch in batch_sizes:
-                ids = np.full((batch, length), limits.eos_token_id, np.int32)
-                if name == contract.SCORE_SIGNATURE:
-                    target = np.zeros_like(ids)
-                    target[:, -1] = 1
-                    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "target_mask": target}
-                else:
-                    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-                    for parameter in contract.PARAMETERS.values():
-                        inputs[parameter.name] = np.asarray(parameter.default, parameter.spec.np_dtype)
-                    inputs["max_new_tokens"] = np.asarray(min(2, limits.max_new_tokens_cap), np.int32)
-                request = api.predict_pb2.PredictRequest()
-                request.model_spec.name = model_name
-                request.model_spec.signature_name = sig.name
-                for key, value in inputs.items():
-                    to_tensor_proto(value, request.inputs[key])
-                logs.append(
-                    api.prediction_log_pb2.PredictionLog(predict_log=api.prediction_log_pb2.PredictLog(request=request))
-                )
-    if len(logs) > contract.MAX_WARMUP_RECORDS:
-        raise ValueError(f"{len(logs)} warmup records; TF Serving reads at most {contract.MAX_WARMUP_RECORDS}")
-    return logs
-
-
 def export(
     model,
     base_path: str | os.PathLike,
@@ -263,12 +71,13 @@ def export(
     warmup_prompt_lengths: Sequence[int] = contract.DEFAULT_WARMUP_PROMPT_LENGTHS,
     warmup_batch_sizes: Sequence[int] = (1,),
     warmup_signatures: Sequence[str] = (
-        contract.DEFAULT_SIGNATURE,
+        contract.CHAT_SIGNATURE,  # serving_default is the same function: warmed up with it
         contract.GENERATE_SIGNATURE,
         contract.SCORE_SIGNATURE,
     ),
     include_xla: bool = True,
     quantize: str | None = None,
+    tokenizer=None,
 ) -> ExportResult:
     """Writes `model` as SavedModel version `version` under `base_path` (TF Serving's layout).
 
@@ -281,18 +90,24 @@ def export(
             preallocates its KV cache for prompt + this many positions.
         warmup_prompt_lengths: prompt-length buckets to warm up (those that fit are kept).
         warmup_batch_sizes: batch sizes to warm up (match TF Serving's `allowed_batch_sizes`).
-        warmup_signatures: signatures replayed at load time. `generate_xla` is left out by
-            default: on a TF Serving without its XLA flags its warmup would fail the load.
-        include_xla: also export the `generate_xla` signature.
+        warmup_signatures: signatures replayed at load time. The XLA ones are left out by
+            default: on a TF Serving without its XLA flags their warmup would fail the load.
+        include_xla: also export the `generate_xla` and `chat_xla` signatures.
         quantize: `"int8"` loads a named model with int8 weights (`DialoGPT.quantize`); a
             model object is exported as it is (quantize it first).
+        tokenizer: the model's `Tokenizer` (or a name / directory for it), built into the chat
+            signatures; by default the one beside the model's checkpoint (`model.name_or_path`).
+
+    The chat signatures' settings default to the model's `generation_config` (its served
+    settings; `max_new_tokens` at most the cap), recorded in their SignatureDefs.
 
     Returns:
         An `ExportResult` with the version directory.
 
     Raises:
         FileExistsError: the version directory exists already.
-        ValueError: a bad cap, version or warmup setting.
+        ValueError: a bad cap, version or warmup setting, no tokenizer for a model object, or a
+            tokenizer whose vocabulary does not fit the model.
     """
     if not hasattr(model, "call_with_cache"):
         from tfdialogpt.model import DialoGPT
@@ -310,9 +125,12 @@ def export(
         raise ValueError(f"version must be a non-negative integer, got {version!r}")
     if not 1 <= max_new_tokens_cap < config.max_positions:
         raise ValueError(f"max_new_tokens_cap must be in [1, {config.max_positions - 1}], got {max_new_tokens_cap}")
-    unknown = [name for name in warmup_signatures if name not in contract.SIGNATURES]
-    if unknown or (not include_xla and contract.GENERATE_XLA_SIGNATURE in warmup_signatures):
-        raise ValueError(f"cannot warm up {unknown or [contract.GENERATE_XLA_SIGNATURE]}: not exported")
+    xla = {contract.GENERATE_XLA_SIGNATURE, contract.CHAT_XLA_SIGNATURE}
+    exported = set(contract.SIGNATURES) - (set() if include_xla else xla)
+    unknown = [name for name in warmup_signatures if name not in exported]
+    if unknown:
+        raise ValueError(f"cannot warm up {unknown}: not exported")
+    text = _text_graph(model, tokenizer)
     limits = contract.Limits(
         vocab_size=config.vocab_size,
         max_positions=config.max_positions,
@@ -327,7 +145,7 @@ def export(
         raise FileExistsError(f"version {version} already exists at {final}; pick another version or remove it")
     os.makedirs(base_path, exist_ok=True)
 
-    module = ServingModule(model, limits, include_xla=include_xla)
+    module = ServingModule(model, text, limits, _chat_defaults(model, limits), include_xla=include_xla)
     signature_functions = module.signatures()
     staging = tempfile.mkdtemp(prefix=f".export-{version}-", dir=base_path)  # not numeric: ignored by servers
     try:
@@ -349,6 +167,38 @@ def export(
     return ExportResult(final, version, tuple(signature_functions), len(logs), limits)
 
 
+def _text_graph(model, tokenizer):
+    from tfdialogpt.text_graph import TextGraph
+    from tfdialogpt.tokenizer import Tokenizer
+
+    if tokenizer is None:
+        if model.name_or_path is None:
+            raise ValueError(
+                "the chat signatures need the model's tokenizer: pass tokenizer= (a Tokenizer or its directory)"
+            )
+        tokenizer = model.name_or_path
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = Tokenizer.from_pretrained(tokenizer)
+    config = model.config
+    if tokenizer.vocab_size > config.vocab_size or tokenizer.eos_token_id != config.eos_token_id:
+        raise ValueError(
+            f"the tokenizer ({tokenizer.vocab_size} ids, EOS {tokenizer.eos_token_id}) does not fit the model "
+            f"({config.vocab_size} ids, EOS {config.eos_token_id})"
+        )
+    return TextGraph.from_tokenizer(tokenizer)
+
+
+def _chat_defaults(model, limits: contract.Limits) -> dict[str, float | int | bool]:
+    """The chat signatures' default settings: the model's served generation settings."""
+    config = model.generation_config
+    values = {
+        name: parameter.default if getattr(config, name) is None else getattr(config, name)
+        for name, parameter in contract.PARAMETERS.items()
+    }
+    values["max_new_tokens"] = min(values["max_new_tokens"], limits.max_new_tokens_cap)
+    return values
+
+
 # ---- command line (also what `tfdialogpt export` maps to) ------------------------------------
 
 
@@ -362,6 +212,7 @@ def export_from_args(args) -> ExportResult:
         warmup_batch_sizes=tuple(args.warmup_batch_sizes),
         include_xla=not args.no_xla,
         quantize=args.quantize,
+        tokenizer=args.tokenizer,
     )
 
 

@@ -9,7 +9,9 @@ in the same process runs normally and reuses the very same proto modules. If any
 that fails, it falls back to the plain import.
 
 The conversions follow `tensor.proto`: values in `tensor_content` (raw little-endian bytes) or
-in the typed repeated field, where a single value fills the whole tensor.
+in the typed repeated field, where a single value fills the whole tensor. String tensors
+(`DT_STRING`, values in `string_val`) are numpy object arrays of `bytes`, as TensorFlow's own
+`.numpy()` gives them; a `str` is sent as its UTF-8.
 
 Example:
     >>> proto = to_tensor_proto(np.array([[1, 2]], np.int32))
@@ -91,9 +93,10 @@ def apis() -> types.SimpleNamespace:
 
 # ---- numpy <-> TensorProto -------------------------------------------------------------------
 
-# TensorFlow's DataType enum values (tensorflow/core/framework/types.proto) for the numeric
-# dtypes, the one table of them: enum -> (TensorFlow's name, numpy dtype, TensorProto field
-# holding typed values). `signatures.py` takes its dtype enums and names from here.
+# TensorFlow's DataType enum values (tensorflow/core/framework/types.proto) for the dtypes
+# served here, the one table of them: enum -> (TensorFlow's name, numpy dtype, TensorProto field
+# holding typed values). Strings are numpy object arrays of bytes. `signatures.py` takes its
+# dtype enums and names from here.
 DATA_TYPES: dict[int, tuple[str, np.dtype, str]] = {
     1: ("DT_FLOAT", np.dtype(np.float32), "float_val"),
     2: ("DT_DOUBLE", np.dtype(np.float64), "double_val"),
@@ -107,7 +110,9 @@ DATA_TYPES: dict[int, tuple[str, np.dtype, str]] = {
     19: ("DT_HALF", np.dtype(np.float16), "half_val"),  # values stored as their bit patterns
     22: ("DT_UINT32", np.dtype(np.uint32), "uint32_val"),
     23: ("DT_UINT64", np.dtype(np.uint64), "uint64_val"),
+    7: ("DT_STRING", np.dtype(object), "string_val"),
 }
+STRING_ENUM = 7
 DTYPE_ENUMS: dict[str, int] = {dtype.name: enum for enum, (_, dtype, _) in DATA_TYPES.items()}  # "int32" -> 3
 DTYPE_NAMES: dict[int, str] = {enum: name for enum, (name, _, _) in DATA_TYPES.items()}  # 3 -> "DT_INT32"
 _DTYPES = {enum: (dtype, field) for enum, (_, dtype, field) in DATA_TYPES.items()}
@@ -115,7 +120,7 @@ _ENUM_OF = {dtype: enum for enum, (dtype, _) in _DTYPES.items()}
 
 
 class TensorDecodeError(ValueError):
-    """A `TensorProto` this module cannot turn into an array (e.g. strings, unknown rank)."""
+    """A `TensorProto` this module cannot turn into an array (e.g. an unknown dtype or rank)."""
 
 
 def dtype_name(enum: int) -> str:
@@ -129,13 +134,20 @@ def dtype_name(enum: int) -> str:
 
 
 def to_tensor_proto(array: np.ndarray, proto=None):
-    """A `TensorProto` holding `array` (numeric dtypes) in `tensor_content`.
+    """A `TensorProto` holding `array`: numbers in `tensor_content`, strings in `string_val`.
 
     Args:
-        array: a numpy array or scalar.
+        array: a numpy array or scalar; strings as `str`/`bytes` (any numpy string dtype, or
+            an object array of them).
         proto: an existing `TensorProto` to fill (e.g. `request.inputs["x"]`); a new one if None.
+
+    Raises:
+        TypeError: a dtype that cannot be sent, or an object array holding a non-string.
+        ValueError: a `str` holding a lone surrogate.
     """
     array = np.asarray(array)
+    if array.dtype.kind in "OUS":
+        return _string_proto(array, proto)
     if array.dtype not in _ENUM_OF:
         raise TypeError(f"cannot send a {array.dtype} array; use one of {sorted(str(d) for d in _ENUM_OF)}")
     proto = apis().tensor_pb2.TensorProto() if proto is None else proto
@@ -144,6 +156,26 @@ def to_tensor_proto(array: np.ndarray, proto=None):
     for size in array.shape:
         proto.tensor_shape.dim.add(size=size)
     proto.tensor_content = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+    return proto
+
+
+def _string_proto(array: np.ndarray, proto):
+    values = []
+    for value in array.reshape(-1).tolist():
+        if isinstance(value, str):
+            try:
+                value = value.encode("utf-8")
+            except UnicodeEncodeError as err:  # a lone surrogate: no UTF-8 spells it
+                raise ValueError(f"a string holds {value[err.start]!r}, which has no UTF-8 form") from None
+        if not isinstance(value, bytes):
+            raise TypeError(f"a string tensor holds a {type(value).__name__}; expected str or bytes")
+        values.append(value)
+    proto = apis().tensor_pb2.TensorProto() if proto is None else proto
+    proto.Clear()
+    proto.dtype = STRING_ENUM
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    proto.string_val.extend(values)
     return proto
 
 
@@ -163,6 +195,8 @@ def to_ndarray(proto) -> np.ndarray:
     if any(size < 0 for size in shape):
         raise TensorDecodeError(f"the tensor has a negative dimension in shape {list(shape)}")
     count = int(np.prod(shape, dtype=np.int64))
+    if proto.dtype == STRING_ENUM:
+        return _string_array(proto, shape, count)
     if proto.tensor_content:
         content = proto.tensor_content
         if len(content) != count * dtype.itemsize:
@@ -183,3 +217,18 @@ def to_ndarray(proto) -> np.ndarray:
     elif flat.size < count:  # as TensorFlow does: the last value repeats
         flat = np.concatenate([flat, np.full(count - flat.size, flat[-1], dtype)])
     return flat.astype(dtype).reshape(shape)
+
+
+def _string_array(proto, shape: tuple[int, ...], count: int) -> np.ndarray:
+    if proto.tensor_content:
+        raise TensorDecodeError("a DT_STRING tensor must hold its values in string_val, not tensor_content")
+    values = proto.string_val
+    if len(values) > count:
+        raise TensorDecodeError(f"string_val holds {len(values)} values; shape {list(shape)} has {count}")
+    flat = np.empty(count, object)
+    if values:
+        flat[: len(values)] = list(values)
+        flat[len(values) :] = values[-1]  # as TensorFlow does: the last value repeats
+    else:
+        flat[:] = b""
+    return flat.reshape(shape)

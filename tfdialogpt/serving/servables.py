@@ -48,6 +48,7 @@ class Servable:
 
     def __init__(self, model_name: str, version: int, path: str):
         import tensorflow as tf
+        import tensorflow_text  # noqa: F401  (registers TF Text's ops, which TF Serving links: the chat's tokenizer)
 
         self.model_name, self.version, self.path = model_name, version, path
         saved_model = apis().saved_model_pb2.SavedModel()
@@ -69,10 +70,10 @@ class Servable:
     def _signature_of(self, name: str, fn) -> contract.Signature:
         """The contract's signature when it matches the loaded one; else one read from the model."""
         specs = fn.structured_input_signature[1]
-        loaded = {key: (spec.dtype.as_numpy_dtype().dtype.name, spec.shape.rank) for key, spec in specs.items()}
+        loaded = {key: (np.dtype(spec.dtype.as_numpy_dtype).name, spec.shape.rank) for key, spec in specs.items()}
         if name in contract.SIGNATURES:
             sig = contract.SIGNATURES[name]
-            expected = {s.name: (s.dtype, s.rank) for s in sig.inputs}
+            expected = {s.name: (s.np_dtype.name, s.rank) for s in sig.inputs}
             if loaded != expected:
                 raise ValueError(
                     f"signature {name!r} takes {_describe_specs(loaded)}; the contract expects "
@@ -106,18 +107,28 @@ class Servable:
             request = entry.predict_log.request
             name = request.model_spec.signature_name or contract.DEFAULT_SIGNATURE
             inputs = {key: to_ndarray(proto) for key, proto in request.inputs.items()}
-            self.run(name, inputs)
+            self.run(name, self._with_defaults(name, inputs))
             count += 1
         return count
 
-    def check(self, name: str, inputs: Mapping[str, np.ndarray]) -> contract.Signature:
-        """The signature `name` after checking `inputs` against it; raises `InvalidRequestError`."""
+    def _with_defaults(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`inputs` plus the SignatureDef's defaults for the inputs left out, as TF Serving fills them."""
+        defaults = self.signature_defs[name].defaults if name in self.signature_defs else {}
+        return {**{key: to_ndarray(proto) for key, proto in defaults.items() if key not in inputs}, **inputs}
+
+    def check(self, name: str, inputs: dict[str, np.ndarray]) -> contract.Signature:
+        """The signature `name` after checking `inputs` against it; raises `InvalidRequestError`.
+
+        Inputs the request left out that the SignatureDef has defaults for are filled into
+        `inputs` first, as TF Serving does.
+        """
         name = name or contract.DEFAULT_SIGNATURE
         if name not in self.functions:
             raise InvalidRequestError(
                 f"signature {name!r} not found in model {self.model_name!r} version {self.version}; "
                 f"it has {', '.join(sorted(self.functions))}"
             )
+        inputs.update(self._with_defaults(name, inputs))
         sig = self.signatures[name]
         try:
             contract.check_inputs(sig, inputs, self.limits)

@@ -34,8 +34,10 @@ from tfdialogpt.serving.protos import DTYPE_ENUMS, DTYPE_NAMES
 
 # ---- names -----------------------------------------------------------------------------------
 
-DEFAULT_SIGNATURE = "serving_default"  # what TF Serving runs when a request names none
-GENERATE_SIGNATURE = "generate"  # the decoding loop, plain graph: runs on stock TF Serving
+DEFAULT_SIGNATURE = "serving_default"  # what TF Serving runs when a request names none: chat
+CHAT_SIGNATURE = "chat"  # text in, text out: the tokenizer, the decoding loop and the detokenizer
+CHAT_XLA_SIGNATURE = "chat_xla"  # the same with the decoding loop compiled by XLA (needs XLA flags)
+GENERATE_SIGNATURE = "generate"  # ids in, ids out: the decoding loop, plain graph
 GENERATE_XLA_SIGNATURE = "generate_xla"  # the same loop with jit_compile=True (needs XLA flags)
 SCORE_SIGNATURE = "score"  # log P(reply | context), for MMI reranking
 
@@ -59,6 +61,7 @@ MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many
 # TensorFlow's DataType enum values and names (`"int32"` -> 3, 3 -> `"DT_INT32"`): the table of
 # `protos.py` (numpy only, like this module).
 _TF_NAME_OF_NUMPY = {dtype: DTYPE_NAMES[enum] for dtype, enum in DTYPE_ENUMS.items()}  # for messages
+STRING = "string"  # the contract's name for DT_STRING; its arrays are numpy object arrays of bytes
 
 
 class ContractError(ValueError):
@@ -74,7 +77,8 @@ class TensorSpec:
 
     Args:
         name: the key in `PredictRequest.inputs` / `PredictResponse.outputs`.
-        dtype: numpy dtype name (`"int32"`, `"float32"`, `"int64"`).
+        dtype: numpy dtype name (`"int32"`, `"float32"`, `"bool"`), or `"string"` (`DT_STRING`,
+            numpy object arrays of UTF-8 `bytes`).
         shape: axis names; `()` is a scalar. Every named axis has a dynamic size.
         doc: what it holds.
     """
@@ -86,12 +90,12 @@ class TensorSpec:
 
     @property
     def np_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
+        return np.dtype(object) if self.dtype == STRING else np.dtype(self.dtype)
 
     @property
     def dtype_enum(self) -> int:
         """TensorFlow's `DataType` enum value (`DT_INT32` is 3)."""
-        return DTYPE_ENUMS[self.dtype]
+        return DTYPE_ENUMS[self.np_dtype.name]
 
     @property
     def dtype_name(self) -> str:
@@ -137,13 +141,16 @@ class Parameter:
 
 @dataclasses.dataclass(frozen=True)
 class Signature:
-    """A named SignatureDef: its inputs and outputs, all required, in this order."""
+    """A named SignatureDef: its inputs (all required but `optional`) and outputs, in this order."""
 
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     doc: str
     jit_compile: bool = False
+    # Inputs a request may leave out: the export writes their defaults into the SignatureDef
+    # (`SignatureDef.defaults`), which TF Serving and `servables.py` fill in.
+    optional: tuple[str, ...] = ()
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -217,8 +224,35 @@ SCORE = Signature(
     "log P(reply | context) per row, for MMI reranking.",
 )
 
+CHAT = Signature(
+    CHAT_SIGNATURE,
+    (
+        TensorSpec(
+            "turns",
+            STRING,
+            ("batch", "turns"),
+            'each row a dialogue history, oldest turn first, the user\'s newest last; "" for unused trailing slots',
+        ),
+    )
+    + tuple(p.spec for p in PARAMETERS.values()),
+    (TensorSpec("reply", STRING, ("batch",), "the reply text (UTF-8, special tokens dropped, stripped)"),)
+    + _GENERATE_OUTPUTS,
+    "Replies to each dialogue history: tokenizes in the graph (the oldest whole turns dropped until "
+    "history + reply fit the positions), decodes with the plain graph, detokenizes.",
+    optional=tuple(PARAMETERS),
+)
+CHAT_XLA = dataclasses.replace(
+    CHAT,
+    name=CHAT_XLA_SIGNATURE,
+    doc="The chat signature with the decoding loop compiled by XLA (TF Serving needs --xla_cpu_compilation_enabled).",
+    jit_compile=True,
+)
+
 SIGNATURES: dict[str, Signature] = {
-    DEFAULT_SIGNATURE: dataclasses.replace(GENERATE, name=DEFAULT_SIGNATURE),
+    # A request that names no signature (a curl user's) chats: text in, text out.
+    DEFAULT_SIGNATURE: dataclasses.replace(CHAT, name=DEFAULT_SIGNATURE),
+    CHAT_SIGNATURE: CHAT,
+    CHAT_XLA_SIGNATURE: CHAT_XLA,
     GENERATE_SIGNATURE: GENERATE,
     GENERATE_XLA_SIGNATURE: GENERATE_XLA,
     SCORE_SIGNATURE: SCORE,
@@ -311,14 +345,37 @@ def check_inputs(sig: Signature, inputs: Mapping[str, np.ndarray], limits: Limit
                 f"input {spec.name!r} has shape {list(value.shape)}; signature {sig.name!r} expects "
                 f"{spec.describe()} (rank {spec.rank})"
             )
-    if sig.inputs[0].name == "input_ids":
+    if sig.inputs[0].name == "turns":
+        _check_turns(inputs["turns"])
+    else:
         _check_batch(sig, inputs, limits)
     if limits is None:
         return
     if sig.name == SCORE_SIGNATURE:
         _check_score_values(inputs, limits)
+    elif sig.inputs[0].name == "turns":
+        _check_settings(inputs, limits)
+        new = int(inputs["max_new_tokens"])
+        if new >= limits.max_positions:
+            raise ContractError(
+                f"max_new_tokens {new} leaves no room for a history in the model's {limits.max_positions} positions"
+            )
     else:
         _check_generate_values(inputs, limits)
+
+
+def _check_turns(turns: np.ndarray) -> None:
+    if turns.shape[0] < 1 or turns.shape[1] < 1:
+        raise ContractError(f"input 'turns' has shape {list(turns.shape)}; expected at least one row and one column")
+    empty = [row for row in range(turns.shape[0]) if not any(len(turn) for turn in turns[row])]
+    if empty:
+        raise ContractError(f'turns row {empty[0]} has no turn (every slot is ""); a dialogue needs at least one')
+
+
+def _check_settings(inputs: Mapping[str, np.ndarray], limits: Limits) -> None:
+    highs = limits.highs()
+    for name, parameter in PARAMETERS.items():
+        parameter.check(inputs[name].item(), highs.get(name))
 
 
 def _check_batch(sig: Signature, inputs: Mapping[str, np.ndarray], limits: Limits | None) -> None:
@@ -358,9 +415,7 @@ def _check_generate_values(inputs: Mapping[str, np.ndarray], limits: Limits) -> 
             f"attention_mask[{right_padded[0]}, -1] is 0: prompts must be left-padded, the reply "
             "starts after the last column"
         )
-    highs = limits.highs()
-    for name, parameter in PARAMETERS.items():
-        parameter.check(inputs[name].item(), highs.get(name))
+    _check_settings(inputs, limits)
     length, new = mask.shape[1], int(inputs["max_new_tokens"])
     if length + new > limits.max_positions:
         raise ContractError(
