@@ -540,6 +540,28 @@ def test_bad_requests_get_status_and_message(server, stub, case):
     assert server.process.poll() is None
 
 
+BAD_CHATS = [
+    ("no turn in a row", [["Hi"], [""]], "turns row 1 has no turn"),
+    ("rank 1", ["Hi"], "expects string [batch, turns] (rank 2)"),
+    # Found by the graph's own check (the server cannot tokenize): its words, not TF's node dump.
+    ("newest turn too long", [["x" * 500]], "the newest turn with its EOS is longer than max_length"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_CHATS, ids=[c[0] for c in BAD_CHATS])
+def test_bad_chat_requests_get_a_clear_message(server, stub, case):
+    _, turns, message = case
+    request = apis().predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = MODEL_NAME, "chat"
+    to_tensor_proto(np.array(turns, object), request.inputs["turns"])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(request, timeout=RPC_TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+    assert "Detected at node" not in err.value.details() and "stack trace" not in err.value.details()
+    assert server.process.poll() is None
+
+
 def test_bad_requests_through_the_client_and_other_services(server):
     with _client(server) as client, pytest.raises(InvalidRequestError, match="top_p=2 is out of range"):
         client.generate([[1, 2]], max_new_tokens=4, top_p=2.0)

@@ -105,15 +105,6 @@ def _served_config(config: GenerationConfig | None) -> GenerationConfig:
     return config
 
 
-def _utf8(turn: str) -> bytes:
-    try:
-        return turn.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise InvalidRequestError(
-            f"a turn holds {turn[err.start]!r}, which has no UTF-8 form", code=grpc.StatusCode.INVALID_ARGUMENT
-        ) from None
-
-
 class Client:
     """Talks to a model server that serves a tfdialogpt export.
 
@@ -330,7 +321,8 @@ class Client:
         Raises:
             InvalidRequestError: a bad setting or an empty history (before any call), or the
                 server refused the request.
-            ValueError: a setting that is not served.
+            ValueError: a setting that is not served, or a turn with no UTF-8 form (a lone
+                surrogate).
         """
         rows = [[history] if isinstance(history, str) else list(history) for history in histories]
         for i, row in enumerate(rows):
@@ -346,9 +338,9 @@ class Client:
         if "do_sample" in sent and "seed" not in sent:
             sent = {**sent, "seed": None}  # sampled with a fresh seed, as `generate` does
         width = max(len(row) for row in rows)
-        turns = np.full((len(rows), width), b"", object)
+        turns = np.full((len(rows), width), "", object)  # sent as UTF-8 by `to_tensor_proto`
         for i, row in enumerate(rows):
-            turns[i, : len(row)] = [_utf8(turn) for turn in row]
+            turns[i, : len(row)] = row
         inputs = {"turns": turns}
         for name in sent:
             inputs[name] = np.asarray(getattr(full, name), contract.PARAMETERS[name].spec.np_dtype)

@@ -63,6 +63,12 @@ class Servable:
         if not self.functions:
             raise ValueError("the SavedModel has no signatures")
         self.signatures = {name: self._signature_of(name, fn) for name, fn in self.functions.items()}
+        # Each signature's defaults for inputs a request may leave out, decoded once.
+        self._defaults = {
+            name: {key: to_ndarray(proto) for key, proto in self.signature_defs[name].defaults.items()}
+            for name in self.functions
+            if name in self.signature_defs
+        }
         self.limits = self._read_limits()
         self._in_flight = 0
         self._idle = threading.Condition()
@@ -113,8 +119,8 @@ class Servable:
 
     def _with_defaults(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`inputs` plus the SignatureDef's defaults for the inputs left out, as TF Serving fills them."""
-        defaults = self.signature_defs[name].defaults if name in self.signature_defs else {}
-        return {**{key: to_ndarray(proto) for key, proto in defaults.items() if key not in inputs}, **inputs}
+        defaults = self._defaults.get(name, {})
+        return {**{key: value for key, value in defaults.items() if key not in inputs}, **inputs}
 
     def check(self, name: str, inputs: dict[str, np.ndarray]) -> contract.Signature:
         """The signature `name` after checking `inputs` against it; raises `InvalidRequestError`.
@@ -144,7 +150,7 @@ class Servable:
         try:
             outputs = fn(**{key: tf.constant(value) for key, value in inputs.items()})
         except tf.errors.InvalidArgumentError as err:
-            raise InvalidRequestError(f"signature {name!r} rejected the request: {err.message}") from None
+            raise InvalidRequestError(f"signature {name!r} rejected the request: {_reason(err.message)}") from None
         except (tf.errors.OpError, ValueError, TypeError) as err:
             raise ServingError(f"signature {name!r} failed: {err}", grpc.StatusCode.INTERNAL) from None
         return {key: value.numpy() for key, value in outputs.items()}
@@ -162,6 +168,15 @@ class Servable:
     def wait_idle(self, timeout: float | None = None) -> bool:
         with self._idle:
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+
+def _reason(message: str) -> str:
+    """The failed in-graph check's own words (`assertion failed: [...]`), without TF's node
+    names and stack-trace notes; the whole message if it has none."""
+    for line in message.splitlines():
+        if line.startswith("assertion failed:"):
+            return line[len("assertion failed:") :].strip()
+    return message
 
 
 def _describe_specs(specs: Mapping[str, tuple[str, int]]) -> str:
