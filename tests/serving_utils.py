@@ -91,11 +91,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m tfdialogpt.serving.server` on a free loopback port, logging to a file."""
+    """`python -m tfdialogpt.serving.server` on free loopback ports (gRPC, REST), logging to a file."""
 
     def __init__(self, base_path: Path, log_path: Path, *extra: str):
-        self.port = free_port()
+        self.port, self.rest_port = free_port(), free_port()
         self.target = f"127.0.0.1:{self.port}"
+        self.rest_url = f"http://127.0.0.1:{self.rest_port}"
         self.log_path = log_path
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
         self._log = open(log_path, "w")
@@ -112,6 +113,8 @@ class ServerProcess:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                "--rest-api-port",
+                str(self.rest_port),
                 "--poll-interval",
                 "0.2",
                 *extra,

@@ -1,7 +1,7 @@
 """The exported `chat` signature (text in, text out) against in-process `Chat.reply` (greedy), on
 the embedded default model and on a DialoGPT-small-shape model, through every route a user has:
 a process importing only tensorflow and tensorflow_text, the official
-`PredictionServiceStub` with string tensors against `tfdialogpt serve`, and (test_rest.py) REST.
+`PredictionServiceStub` with string tensors against `tfdialogpt serve`, and its REST API.
 
 Expected replies come from `Chat` (the tokenizer in Python, `model.generate`), never from the
 export under test."""
@@ -70,13 +70,13 @@ def case(request, tmp_path_factory, gpt2_dir):  # noqa: F811
     base = tmp_path_factory.mktemp(f"chat_{request.param}") / MODEL_NAME
     if request.param == "default":
         model, tokenizer = DialoGPT.from_pretrained("default"), Tokenizer.from_pretrained("default")
-        result = export(model, base, max_new_tokens_cap=16, warmup_prompt_lengths=(16,))
+        result = export(model, base, max_new_tokens_cap=NEW, warmup_prompt_lengths=(16,))
     else:
         small_reference = request.getfixturevalue("small_reference")
         model = DialoGPT.from_pretrained(small_reference.path("tf_h5"))
         tokenizer = Tokenizer.from_pretrained(gpt2_dir)
         result = export(
-            model, base, max_new_tokens_cap=16, warmup_prompt_lengths=(16,), include_xla=False, tokenizer=tokenizer
+            model, base, max_new_tokens_cap=NEW, warmup_prompt_lengths=(16,), include_xla=False, tokenizer=tokenizer
         )
     histories = HISTORIES + [long_history(tokenizer, model.config.max_positions)]
     return Case(request.param, model, tokenizer, result.path, histories)
@@ -103,7 +103,8 @@ FRESH = textwrap.dedent("""
                     do_sample=tf.constant(False))
     result = {"core": core, "text": text, "unknown": sorted(ops - set(core) - set(text))}
     for name in [n for n in ("chat", "chat_xla", "serving_default") if n in loaded.signatures]:
-        out = loaded.signatures[name](turns=tf.constant(turns), **settings)
+        given = settings if name != "serving_default" else {}  # turns only: the export's defaults
+        out = loaded.signatures[name](turns=tf.constant(turns), **given)
         result[name] = [r.decode("utf-8") for r in out["reply"].numpy().tolist()]
     result["foreign"] = [m for m in ("tfdialogpt", "tokenizers", "sentencepiece") if m in sys.modules]
     print("RESULT " + json.dumps(result))
@@ -131,7 +132,12 @@ def test_fresh_tensorflow_process_replies_as_chat(case, tmp_path):
         assert result[name] == case.expected, name
 
 
-def test_official_stub_with_string_tensors(case, tmp_path):
+def test_official_stub_and_rest_api_reply_as_chat(case, tmp_path):
+    """One `tfdialogpt serve`: the official gRPC stub with string tensors (the chat signature
+    with a setting given; serving_default with the turns alone), and the REST API called with
+    urllib as curl would (no signature: serving_default; both JSON formats)."""
+    import urllib.request
+
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -139,19 +145,32 @@ def test_official_stub_with_string_tensors(case, tmp_path):
     base = tmp_path / MODEL_NAME
     shutil.copytree(case.path, base / "1")
     server = ServerProcess(base, tmp_path / "server.log")
+    turns = as_turns(case.histories)
     try:
         server.wait_for_version(1, timeout=300)
         with grpc.insecure_channel(server.target) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = MODEL_NAME  # no signature: serving_default, the chat
-            request.inputs["turns"].CopyFrom(tf.make_tensor_proto(as_turns(case.histories)))
-            request.inputs["max_new_tokens"].CopyFrom(tf.make_tensor_proto(NEW, tf.int32))
-            response = stub.Predict(request, timeout=300)
-        assert response.model_spec.signature_name == "serving_default"
-        replies = [r.decode("utf-8") for r in tf.make_ndarray(response.outputs["reply"]).tolist()]
-        assert replies == case.expected
-        lengths = tf.make_ndarray(response.outputs["lengths"])
-        assert lengths.shape == (len(case.histories),) and np.all(lengths >= 1)
+            for signature, settings in (("chat", {"max_new_tokens": NEW}), ("", {})):
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = MODEL_NAME
+                request.model_spec.signature_name = signature  # "": serving_default, the chat, turns only
+                request.inputs["turns"].CopyFrom(tf.make_tensor_proto(turns))
+                for key, value in settings.items():
+                    request.inputs[key].CopyFrom(tf.make_tensor_proto(value, tf.int32))
+                response = stub.Predict(request, timeout=300)
+                assert response.model_spec.signature_name == (signature or "serving_default")
+                replies = [r.decode("utf-8") for r in tf.make_ndarray(response.outputs["reply"]).tolist()]
+                assert replies == case.expected, signature
+                lengths = tf.make_ndarray(response.outputs["lengths"])
+                assert lengths.shape == (len(case.histories),) and np.all(lengths >= 1)
+        url = f"{server.rest_url}/v1/models/{MODEL_NAME}:predict"
+        for body, pick in (
+            ({"inputs": {"turns": turns}}, lambda answer: answer["outputs"]["reply"]),
+            ({"instances": turns}, lambda answer: [row["reply"] for row in answer["predictions"]]),
+        ):
+            request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=300) as response:
+                assert response.status == 200
+                assert pick(json.loads(response.read())) == case.expected, list(body)
     finally:
         assert server.terminate() == 0, server.log()

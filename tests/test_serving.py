@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import grpc
 import numpy as np
@@ -95,7 +96,13 @@ class _AbortingContext:
 
 def test_services_answer_a_serving_error_with_its_code_and_message():
     from tfdialogpt.serving.errors import ModelNotFoundError, ResourceExhaustedError, ServingError
-    from tfdialogpt.serving.grpc_services import _abort_on_error
+    from tfdialogpt.serving.grpc_services import _answer
+    from tfdialogpt.serving.metrics import ServerMetrics
+    from tfdialogpt.serving.protos import apis
+
+    servicer = types.SimpleNamespace(server=types.SimpleNamespace(metrics=ServerMetrics(lambda: {})))
+    request = apis().predict_pb2.PredictRequest()
+    request.model_spec.name = "no-such-model"
 
     for err, expected in (
         (ModelNotFoundError("model 'x' not found"), (grpc.StatusCode.NOT_FOUND, "model 'x' not found")),
@@ -115,8 +122,24 @@ def test_services_answer_a_serving_error_with_its_code_and_message():
 
         context = _AbortingContext()
         with pytest.raises(RuntimeError, match="aborted"):
-            _abort_on_error(method)(None, None, context)
+            _answer("predict")(method)(servicer, request, context)
         assert context.aborted == expected
+    # Each answer is counted by its status; a name the server does not serve gets no label of its own.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    page = servicer.server.metrics.exposition().decode()
+    counted = {
+        (sample.labels["model"], sample.labels["signature"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+        if sample.name == "tfdialogpt_requests_total"
+    }
+    assert counted == {
+        ("<unknown>", "<unknown>", "NOT_FOUND"): 1.0,
+        ("<unknown>", "<unknown>", "RESOURCE_EXHAUSTED"): 1.0,
+        ("<unknown>", "<unknown>", "INTERNAL"): 2.0,
+    }
+    assert "no-such-model" not in page
 
 
 def test_batcher_refuses_when_full_or_stopping():
@@ -389,8 +412,8 @@ def test_official_stub_reply_equals_in_process_generate(server, stub, models):
 
 
 def test_official_stub_chats_by_default_with_string_tensors(server, stub, models, tokenizer):
-    """A request naming no signature gets serving_default, the chat: text in, text out, with
-    only `turns` given (the SignatureDef's defaults fill the settings)."""
+    """A request naming no signature gets serving_default, the chat with the export's default
+    settings: text in, text out, `turns` its only input."""
     import tensorflow as tf
 
     from tfdialogpt.chat import Chat

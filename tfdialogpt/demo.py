@@ -1,7 +1,7 @@
 """The end-to-end demo (`make demo`, `tfdialogpt demo`): export the embedded default model,
 serve it with `tfdialogpt serve`, hold a scripted conversation through the gRPC client (text
 to the export's chat signature: the tokenizer runs in the served graph), print the replies with
-their latency, and stop the server."""
+their latency, ask once more over the REST API as curl would, and stop the server."""
 
 from __future__ import annotations
 
@@ -24,6 +24,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _rest_reply(port: int, text: str, out) -> None:
+    """The same server over TF Serving's REST API, as curl would call it: no signature named
+    (serving_default, the chat with the export's defaults), only the turns."""
+    import json
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}:predict"
+    body = json.dumps({"inputs": {"turns": [[text]]}}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=60) as response:
+        reply = json.loads(response.read())["outputs"]["reply"][0]
+    print(
+        f"REST: POST {url} {body.decode()}\n  -> reply {reply!r}    [{(time.perf_counter() - started) * 1000:.0f} ms]",
+        file=out,
+    )
+
+
 def run_demo(workdir: str | None = None, turns=None, port: int = 0, out=sys.stdout) -> int:
     """Runs the demo; returns 0 when every scripted turn got a reply over gRPC."""
     from tfdialogpt import DialoGPT
@@ -39,7 +57,7 @@ def run_demo(workdir: str | None = None, turns=None, port: int = 0, out=sys.stdo
         result = export(model, base_path, model_name=MODEL_NAME)
         print(f"exported the default model to {result.path} in {time.perf_counter() - started:.1f} s", file=out)
 
-        port = port or _free_port()
+        port, rest_port = port or _free_port(), _free_port()
         command = [
             sys.executable,
             "-m",
@@ -53,6 +71,8 @@ def run_demo(workdir: str | None = None, turns=None, port: int = 0, out=sys.stdo
             "127.0.0.1",
             "--port",
             str(port),
+            "--rest-api-port",
+            str(rest_port),
         ]
         log_path = Path(workdir or tmp) / "server.log"
         with open(log_path, "w") as log:
@@ -77,6 +97,7 @@ def run_demo(workdir: str | None = None, turns=None, port: int = 0, out=sys.stdo
                         file=out,
                         flush=True,
                     )
+            _rest_reply(rest_port, turns[0], out)
         except BaseException:
             print(f"the demo failed; server log ({log_path}):\n{log_path.read_text()[-4000:]}", file=sys.stderr)
             raise

@@ -19,7 +19,7 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,12 +61,19 @@ class Batcher:
         batch_timeout: seconds the first request of a run waits for company.
         num_threads: runs in parallel.
         max_queued: requests waiting at most; more get RESOURCE_EXHAUSTED.
+        on_run: called with (servable, signature, rows) before each run (for the metrics).
     """
 
     def __init__(
-        self, max_batch_size: int = 8, batch_timeout: float = 0.002, num_threads: int = 2, max_queued: int = 1024
+        self,
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.002,
+        num_threads: int = 2,
+        max_queued: int = 1024,
+        on_run: Callable[[Servable, str, int], None] | None = None,
     ):
         self.max_batch_size, self.batch_timeout, self.max_queued = max_batch_size, batch_timeout, max_queued
+        self._on_run = on_run
         self._queue: collections.deque[_Task] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -130,6 +137,8 @@ class Batcher:
 
     def _run(self, batch: list[_Task]) -> None:
         first = batch[0]
+        if self._on_run is not None:
+            self._on_run(first.servable, first.signature, sum(task.rows for task in batch))
         if len(batch) == 1:
             try:
                 first.future.set_result(first.servable.run(first.signature, first.inputs))

@@ -3,8 +3,9 @@
 `export(model, "/models/dialogpt")` writes `/models/dialogpt/<version>/` (the next version by
 default) holding:
 - `saved_model.pb` + `variables/` with the signatures of `signatures.py` (built by
-  `serving_module.py`): `serving_default` = `chat` (text in, text out, the tokenizer in the
-  graph), `generate` (ids in, ids out), their XLA twins `chat_xla` and `generate_xla` (for TF
+  `serving_module.py`): `chat` (text in, text out, the tokenizer in the graph),
+  `serving_default` (the chat with the export's default settings, `turns` its only input),
+  `generate` (ids in, ids out), their XLA twins `chat_xla` and `generate_xla` (for TF
   Serving started with `--xla_cpu_compilation_enabled`), and `score`;
 - `assets.extra/tf_serving_warmup_requests`: a TFRecord of `PredictionLog` (`warmup.py`), one
   request per prompt-length bucket and signature, which TF Serving replays before serving;
@@ -71,7 +72,8 @@ def export(
     warmup_prompt_lengths: Sequence[int] = contract.DEFAULT_WARMUP_PROMPT_LENGTHS,
     warmup_batch_sizes: Sequence[int] = (1,),
     warmup_signatures: Sequence[str] = (
-        contract.CHAT_SIGNATURE,  # serving_default is the same function: warmed up with it
+        contract.DEFAULT_SIGNATURE,
+        contract.CHAT_SIGNATURE,
         contract.GENERATE_SIGNATURE,
         contract.SCORE_SIGNATURE,
     ),

@@ -14,7 +14,7 @@ Behaviour follows TF Serving's where it has one:
 - Bad requests get NOT_FOUND (unknown model or version) or INVALID_ARGUMENT (unknown signature,
   missing or unexpected input, wrong dtype or shape, out-of-range value) with a message naming
   the problem; the server stays up. Each failure is an `errors.ServingError` whose code and
-  details the services answer with (`_abort_on_error`).
+  details the services answer with (`_answer`), counted in the metrics (`metrics.py`).
 - SIGTERM (or SIGINT) stops accepting requests, lets those in flight finish within a grace
   period, then exits with status 0 (`serve`).
 
@@ -32,6 +32,7 @@ import concurrent.futures
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 
 import grpc
@@ -44,8 +45,9 @@ from tfdialogpt.serving.errors import (
     ServingError,
     ServingTimeoutError,
 )
+from tfdialogpt.serving.metrics import ServerMetrics
 from tfdialogpt.serving.protos import TensorDecodeError, apis, to_ndarray, to_tensor_proto
-from tfdialogpt.serving.servables import ModelVersions
+from tfdialogpt.serving.servables import ModelVersions, Servable
 
 log = logging.getLogger("tfdialogpt.serving")
 
@@ -53,21 +55,35 @@ DEFAULT_PORT = 8500
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def _abort_on_error(method):
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except ServingError as err:
-            log.info("%s: %s: %s", method.__name__, err.code.name, err.details)
-            context.abort(err.code, err.details)
-        except concurrent.futures.CancelledError:
-            context.abort(grpc.StatusCode.CANCELLED, "the request was cancelled")
-        except Exception as err:  # a bug must cost one request, not the server
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+def _answer(api: str):
+    """A servicer method that answers a `ServingError` with its status and message, and records
+    each request in the server's metrics."""
 
-    wrapper.__name__ = method.__name__
-    return wrapper
+    def decorate(method):
+        def wrapper(self, request, context):
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                return method(self, request, context)
+            except ServingError as err:
+                code = err.code
+                log.info("%s: %s: %s", method.__name__, err.code.name, err.details)
+                context.abort(err.code, err.details)
+            except concurrent.futures.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                context.abort(code, "the request was cancelled")
+            except Exception as err:  # a bug must cost one request, not the server
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed", method.__name__)
+                context.abort(code, f"{type(err).__name__}: {err}")
+            finally:
+                spec = request.model_spec
+                signature = (spec.signature_name or contract.DEFAULT_SIGNATURE) if api == "predict" else ""
+                self.server.metrics.record(api, "grpc", spec.name, signature, code.name, time.perf_counter() - started)
+
+        wrapper.__name__ = method.__name__
+        return wrapper
+
+    return decorate
 
 
 class ModelServer:
@@ -102,6 +118,8 @@ class ModelServer:
         max_workers: int = 64,
         warmup: bool = True,
         models: Sequence[ModelVersions] = (),
+        rest_port: int | None = None,
+        rest_options: dict | None = None,
     ):
         self.model_name = model_name
         self.models = {m.name: m for m in models}
@@ -111,7 +129,19 @@ class ModelServer:
             raise ValueError("nothing to serve: give base_path or models")
         self.host, self.port = host, port
         self.poll_interval = poll_interval
-        self.batcher = Batcher(max_batch_size, batch_timeout, num_batch_threads, max_queued)
+        self.metrics = ServerMetrics(lambda: self.models)
+        self.batcher = Batcher(
+            max_batch_size,
+            batch_timeout,
+            num_batch_threads,
+            max_queued,
+            on_run=lambda servable, signature, rows: self.metrics.record_run(servable.model_name, signature, rows),
+        )
+        self.rest = None
+        if rest_port is not None:
+            from tfdialogpt.serving.rest_api import RestServer
+
+            self.rest = RestServer(self, host, rest_port, **(rest_options or {}))
         self._server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
             options=[
@@ -133,17 +163,27 @@ class ModelServer:
         return self.models[name]
 
     def start(self) -> ModelServer:
-        """Loads the current versions, then listens. Returns self."""
+        """Binds the ports, loads the current versions, then serves. Returns self.
+
+        Raises:
+            ServingError: a port cannot be bound (before any model is loaded).
+        """
+        try:
+            bound = self._server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise ServingError(f"cannot listen on {self.host}:{self.port} (gRPC): the address is in use or invalid")
+        self.port = bound
+        if self.rest is not None:
+            self.rest.start()
         for model in self.models.values():
             model.poll()
             if not model.available_versions():
                 log.warning("model %r has no loadable version under %s yet; polling", model.name, model.base_path)
-        self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
-        if not self.port:
-            raise OSError(f"cannot listen on {self.host}:{self.port}")
         self._server.start()
         self._poller.start()
-        log.info("serving %s on %s:%d", ", ".join(repr(m) for m in self.models), self.host, self.port)
+        log.info("serving %s on %s:%d (gRPC)", ", ".join(repr(m) for m in self.models), self.host, self.port)
         return self
 
     def _poll_loop(self) -> None:
@@ -157,6 +197,8 @@ class ModelServer:
     def stop(self, grace: float = 10.0) -> None:
         """Stops taking requests, lets those in flight finish (up to `grace` s), then stops."""
         log.info("stopping: finishing requests in flight (grace %.1f s)", grace)
+        if self.rest is not None:
+            self.rest.stop(grace)
         self._server.stop(grace).wait(grace + 5)
         self._stop_polling.set()
         self.batcher.stop()
@@ -164,65 +206,77 @@ class ModelServer:
             self._poller.join(self.poll_interval + 5)
         log.info("stopped")
 
-    # ---- request handling (shared by the servicers) ----
-    def predict(self, request, context):
-        spec = request.model_spec
+    # ---- request handling (shared by the gRPC servicers and the REST API) ----
+    def acquire(self, spec) -> Servable:
+        """The servable a `ModelSpec` names (newest version if none), marked in flight: call
+        `release()` on it. Raises `ModelNotFoundError` (NOT_FOUND)."""
         model = self.model(spec.name)
         if spec.version_label:
             raise ModelNotFoundError(
                 f"version label {spec.version_label!r} of model {spec.name!r} is not defined; "
                 "this server has no labels, ask by version number",
             )
-        version = spec.version.value if spec.HasField("version") else None
-        inputs = {}
-        for key, proto in request.inputs.items():
-            try:
-                inputs[key] = to_ndarray(proto)
-            except TensorDecodeError as err:
-                raise InvalidRequestError(f"input {key!r}: {err}") from None
-        servable = model.acquire(version)
+        return model.acquire(spec.version.value if spec.HasField("version") else None)
+
+    def predict_arrays(self, servable: Servable, name: str, inputs: dict, call, output_filter=()) -> dict:
+        """Checks and runs signature `name` of `servable` on numpy `inputs`, through the batcher.
+
+        `call` is the gRPC context or its REST stand-in: `time_remaining()` is the deadline and
+        `add_callback(fn)` registers the cancel of a request whose client goes away.
+        """
+        sig = servable.check(name, inputs)
+        unknown = sorted(set(output_filter) - set(servable.functions[name].structured_outputs))
+        if unknown:
+            raise InvalidRequestError(f"output_filter names {unknown[0]!r}, which signature {name!r} does not produce")
+        rows = int(inputs[sig.input_names[0]].shape[0]) if inputs[sig.input_names[0]].ndim else 1
+        task = _Task(servable, name, inputs, batch_key(servable, sig, inputs), rows)
+        future = self.batcher.submit(task)
+        if not call.add_callback(future.cancel):  # a client that goes away frees its slot
+            future.cancel()
+        timeout = call.time_remaining()
         try:
+            outputs = future.result(timeout=None if timeout is None else max(timeout, 0.0))
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ServingTimeoutError("the deadline passed while the request was queued or running") from None
+        wanted = set(output_filter) or set(outputs)
+        return {key: value for key, value in outputs.items() if key in wanted}
+
+    def predict(self, request, context):
+        spec = request.model_spec
+        inputs = {}
+        servable = self.acquire(spec)
+        try:
+            for key, proto in request.inputs.items():
+                try:
+                    inputs[key] = to_ndarray(proto)
+                except TensorDecodeError as err:
+                    raise InvalidRequestError(f"input {key!r}: {err}") from None
             name = spec.signature_name or contract.DEFAULT_SIGNATURE
-            sig = servable.check(name, inputs)
-            unknown = sorted(set(request.output_filter) - set(servable.functions[name].structured_outputs))
-            if unknown:
-                raise InvalidRequestError(
-                    f"output_filter names {unknown[0]!r}, which signature {name!r} does not produce"
-                )
-            rows = int(inputs[sig.input_names[0]].shape[0]) if inputs[sig.input_names[0]].ndim else 1
-            task = _Task(servable, name, inputs, batch_key(servable, sig, inputs), rows)
-            future = self.batcher.submit(task)
-            if not context.add_callback(future.cancel):  # a client that goes away frees its slot
-                future.cancel()
-            timeout = context.time_remaining()
-            try:
-                outputs = future.result(timeout=None if timeout is None else max(timeout, 0.0))
-            except concurrent.futures.TimeoutError:
-                future.cancel()
-                raise ServingTimeoutError("the deadline passed while the request was queued or running") from None
+            outputs = self.predict_arrays(servable, name, inputs, context, request.output_filter)
         finally:
             servable.release()
         response = apis().predict_pb2.PredictResponse()
-        response.model_spec.name = model.name
+        response.model_spec.name = spec.name
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = name
-        wanted = set(request.output_filter) or set(outputs)
         for key, value in outputs.items():
-            if key in wanted:
-                to_tensor_proto(value, response.outputs[key])
+            to_tensor_proto(value, response.outputs[key])
         return response
 
     def metadata(self, request, context):
-        model = self.model(request.model_spec.name)
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
             raise InvalidRequestError(f"metadata_field must be ['signature_def'] (the only one served); got {fields}")
-        version = request.model_spec.version.value if request.model_spec.HasField("version") else None
-        servable = model.acquire(version)
+        return self.metadata_of(request.model_spec)
+
+    def metadata_of(self, spec):
+        """`GetModelMetadataResponse` (the signatures) of the version `spec` names."""
+        servable = self.acquire(spec)
         try:
             api = apis()
             response = api.get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = model.name
+            response.model_spec.name = spec.name
             response.model_spec.version.value = servable.version
             signature_map = api.get_model_metadata_pb2.SignatureDefMap()
             for key, value in servable.signature_defs.items():
@@ -233,8 +287,14 @@ class ModelServer:
             servable.release()
 
     def status(self, request, context):
-        model = self.model(request.model_spec.name)
-        version = request.model_spec.version.value if request.model_spec.HasField("version") else None
+        return self.status_of(request.model_spec)
+
+    def status_of(self, spec):
+        """`GetModelStatusResponse`: the state of each version (or of the one `spec` names)."""
+        model = self.model(spec.name)
+        if spec.version_label:
+            raise ModelNotFoundError(f"version label {spec.version_label!r} of model {spec.name!r} is not defined")
+        version = spec.version.value if spec.HasField("version") else None
         response = apis().get_model_status_pb2.GetModelStatusResponse()
         for number, state in sorted(model.states(version).items()):
             entry = response.model_version_status.add(version=number, state=state.state)
@@ -251,11 +311,11 @@ class _PredictionService(_servicer_base("prediction_service_pb2_grpc", "Predicti
     def __init__(self, server: ModelServer):
         self.server = server
 
-    @_abort_on_error
+    @_answer("predict")
     def Predict(self, request, context):  # noqa: N802 (gRPC's method names)
         return self.server.predict(request, context)
 
-    @_abort_on_error
+    @_answer("metadata")
     def GetModelMetadata(self, request, context):  # noqa: N802
         return self.server.metadata(request, context)
 
@@ -264,7 +324,7 @@ class _ModelService(_servicer_base("model_service_pb2_grpc", "ModelServiceServic
     def __init__(self, server: ModelServer):
         self.server = server
 
-    @_abort_on_error
+    @_answer("status")
     def GetModelStatus(self, request, context):  # noqa: N802
         return self.server.status(request, context)
 

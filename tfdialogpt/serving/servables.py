@@ -304,6 +304,11 @@ class ModelVersions:
         with self._lock:
             return sorted(self._servables)
 
+    def known_signatures(self) -> set[str]:
+        """The signature names of the versions being served."""
+        with self._lock:
+            return {name for servable in self._servables.values() for name in servable.functions}
+
     def acquire(self, version: int | None = None) -> Servable:
         """The servable for `version` (newest if None), marked in flight; call `release()`.
 

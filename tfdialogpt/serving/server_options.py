@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from tfdialogpt.serving import rest_api
 from tfdialogpt.serving.grpc_services import DEFAULT_PORT, ModelServer, serve
 from tfdialogpt.serving.servables import ModelVersions
 
@@ -90,6 +91,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default="dialogpt", help="name clients put in model_spec.name")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (127.0.0.1 for local only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="gRPC port; 0 picks a free one")
+    parser.add_argument(
+        "--rest-api-port",
+        type=int,
+        default=rest_api.DEFAULT_PORT,
+        help="port of TF Serving's REST API and of the metrics (/monitoring/prometheus/metrics); 0 = off",
+    )
+    parser.add_argument(
+        "--rest-api-timeout-ms",
+        type=int,
+        default=rest_api.DEFAULT_TIMEOUT_MS,
+        help="deadline of each REST request in ms (0 = none)",
+    )
+    parser.add_argument(
+        "--rest-api-num-threads", type=int, default=None, help="threads answering REST requests (default 4 per CPU)"
+    )
+    parser.add_argument(
+        "--rest-api-max-body-bytes",
+        type=int,
+        default=rest_api.DEFAULT_MAX_BODY_BYTES,
+        help="larger REST bodies are refused (413) unread",
+    )
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between scans for new versions")
     parser.add_argument("--num-versions", type=int, default=1, help="newest versions served at once")
     parser.add_argument("--max-batch-size", type=int, default=8, help="rows merged into one run; 1 disables merging")
@@ -129,6 +151,12 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
         max_queued=args.max_queued,
         warmup=not args.no_warmup,
         models=models,
+        rest_port=args.rest_api_port or None,
+        rest_options=dict(
+            timeout_ms=args.rest_api_timeout_ms,
+            max_body_bytes=args.rest_api_max_body_bytes,
+            num_threads=args.rest_api_num_threads,
+        ),
     )
 
 

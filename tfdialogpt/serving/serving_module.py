@@ -4,11 +4,13 @@ signature of `signatures.py`, with the request checks built into the graph.
 - `generate` / `generate_xla`: ids in, ids out; the decoding loop of `tfdialogpt.generation`
   with its KV cache, as a plain graph (stock TF Serving runs it with no flags) or compiled by
   XLA (TF Serving needs `--xla_cpu_compilation_enabled`).
-- `chat` / `chat_xla` (and `serving_default`): text in, text out, as `Chat.reply` does. The
+- `chat` / `chat_xla`: text in, text out, as `Chat.reply` does. The
   turns are tokenized in the graph (`TextGraph`), the oldest whole turns dropped until history
   + reply fit the positions, the prompts left-padded to the bucket `model.generate` would use,
   decoded, and the reply detokenized with special tokens skipped and stripped. Its settings
   are optional: their defaults (the model's `generation_config`) are in the SignatureDef.
+- `serving_default`: the chat with those defaults, `turns` its only input (what a REST client
+  that names no signature gets; see `signatures.CHAT_DEFAULT`).
 - `score`: log P(reply | context), for MMI reranking.
 
 Settings are checked against `GenerationConfig`'s ranges in the graph, so stock TF Serving
@@ -188,6 +190,10 @@ class ServingModule(tf.Module):
             chat_sig = contract.CHAT_XLA if jit_compile else contract.CHAT
             self.functions[generate_sig.name] = self._generate_function(decoders[jit_compile])
             self.functions[chat_sig.name] = self._chat_function(decoders[jit_compile], defaults)
+        chat = self.functions[contract.CHAT_SIGNATURE]
+        self.functions[contract.DEFAULT_SIGNATURE] = tf.function(
+            lambda turns: chat(turns, **defaults), input_signature=_tf_signature(contract.CHAT_DEFAULT)
+        )
         self.score = tf.function(self._score, input_signature=_tf_signature(contract.SCORE))
 
     def _checked_decode(self, decode, input_ids, attention_mask, settings):
@@ -256,7 +262,7 @@ class ServingModule(tf.Module):
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """The signatures to save. The chat functions are given whole (not as concrete
         functions), so the saver records their default settings in the SignatureDefs."""
-        functions = {contract.DEFAULT_SIGNATURE: self.functions[contract.CHAT_SIGNATURE]}
+        functions = {}
         for name, function in self.functions.items():
             functions[name] = (
                 function

@@ -34,7 +34,7 @@ from tfdialogpt.serving.protos import DTYPE_ENUMS, DTYPE_NAMES
 
 # ---- names -----------------------------------------------------------------------------------
 
-DEFAULT_SIGNATURE = "serving_default"  # what TF Serving runs when a request names none: chat
+DEFAULT_SIGNATURE = "serving_default"  # what TF Serving runs when a request names none: the chat, turns only
 CHAT_SIGNATURE = "chat"  # text in, text out: the tokenizer, the decoding loop and the detokenizer
 CHAT_XLA_SIGNATURE = "chat_xla"  # the same with the decoding loop compiled by XLA (needs XLA flags)
 GENERATE_SIGNATURE = "generate"  # ids in, ids out: the decoding loop, plain graph
@@ -224,19 +224,20 @@ SCORE = Signature(
     "log P(reply | context) per row, for MMI reranking.",
 )
 
+_TURNS = TensorSpec(
+    "turns",
+    STRING,
+    ("batch", "turns"),
+    'each row a dialogue history, oldest turn first, the user\'s newest last; "" for unused trailing slots',
+)
+_CHAT_OUTPUTS = (
+    TensorSpec("reply", STRING, ("batch",), "the reply text (UTF-8, special tokens dropped, stripped)"),
+) + _GENERATE_OUTPUTS
+
 CHAT = Signature(
     CHAT_SIGNATURE,
-    (
-        TensorSpec(
-            "turns",
-            STRING,
-            ("batch", "turns"),
-            'each row a dialogue history, oldest turn first, the user\'s newest last; "" for unused trailing slots',
-        ),
-    )
-    + tuple(p.spec for p in PARAMETERS.values()),
-    (TensorSpec("reply", STRING, ("batch",), "the reply text (UTF-8, special tokens dropped, stripped)"),)
-    + _GENERATE_OUTPUTS,
+    (_TURNS,) + tuple(p.spec for p in PARAMETERS.values()),
+    _CHAT_OUTPUTS,
     "Replies to each dialogue history: tokenizes in the graph (the oldest whole turns dropped until "
     "history + reply fit the positions), decodes with the plain graph, detokenizes.",
     optional=tuple(PARAMETERS),
@@ -248,9 +249,19 @@ CHAT_XLA = dataclasses.replace(
     jit_compile=True,
 )
 
+# A request that names no signature (a curl user's) chats with the export's default settings.
+# Its only input is `turns`: TF Serving's REST API requires every input a signature declares
+# (`{"inputs": {...}}` and each of `"instances"` must name them all; SignatureDef defaults are
+# filled for gRPC only), so `{"inputs": {"turns": [["Hello"]]}}` is a whole request here alone.
+CHAT_DEFAULT = Signature(
+    DEFAULT_SIGNATURE,
+    (_TURNS,),
+    _CHAT_OUTPUTS,
+    "The chat with the export's default settings (the model's generation_config): only turns in.",
+)
+
 SIGNATURES: dict[str, Signature] = {
-    # A request that names no signature (a curl user's) chats: text in, text out.
-    DEFAULT_SIGNATURE: dataclasses.replace(CHAT, name=DEFAULT_SIGNATURE),
+    DEFAULT_SIGNATURE: CHAT_DEFAULT,
     CHAT_SIGNATURE: CHAT,
     CHAT_XLA_SIGNATURE: CHAT_XLA,
     GENERATE_SIGNATURE: GENERATE,
@@ -354,6 +365,8 @@ def check_inputs(sig: Signature, inputs: Mapping[str, np.ndarray], limits: Limit
     if sig.name == SCORE_SIGNATURE:
         _check_score_values(inputs, limits)
     elif sig.inputs[0].name == "turns":
+        if sig is CHAT_DEFAULT:
+            return  # no settings: the export's own defaults
         _check_settings(inputs, limits)
         new = int(inputs["max_new_tokens"])
         if new >= limits.max_positions:

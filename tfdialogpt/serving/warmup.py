@@ -20,11 +20,11 @@ def _warmup_inputs(name: str, limits: contract.Limits, length: int, batch: int) 
     if sig.inputs[0].name == "turns":
         # A literal <|endoftext|> is the EOS id in every tokenizer: length - 1 of them and the
         # turn's closing EOS make `length` tokens. The other settings keep the export's defaults.
-        eos_text = "<|endoftext|>"
-        return {
-            "turns": np.full((batch, 1), (eos_text * (length - 1)).encode(), object),
-            "max_new_tokens": np.asarray(new, np.int32),
-        }
+        # serving_default has no settings: it decodes its default max_new_tokens.
+        turns = np.full((batch, 1), ("<|endoftext|>" * (length - 1)).encode(), object)
+        if name == contract.DEFAULT_SIGNATURE:
+            return {"turns": turns}
+        return {"turns": turns, "max_new_tokens": np.asarray(new, np.int32)}
     ids = np.full((batch, length), limits.eos_token_id, np.int32)
     if name == contract.SCORE_SIGNATURE:
         target = np.zeros_like(ids)
