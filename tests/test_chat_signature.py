@@ -174,3 +174,33 @@ def test_official_stub_and_rest_api_reply_as_chat(case, tmp_path):
                 assert pick(json.loads(response.read())) == case.expected, list(body)
     finally:
         assert server.terminate() == 0, server.log()
+
+
+SAVED_MODEL_CLI = textwrap.dedent("""
+    import sys
+    import tensorflow_text  # noqa: F401  (TF Text's ops, which TF Serving's stock build links)
+    from tensorflow.python.tools import saved_model_cli
+    sys.argv[0] = "saved_model_cli"
+    saved_model_cli.main()
+""")
+
+
+def test_saved_model_cli_run_replies_as_chat(case, tmp_path):
+    """`saved_model_cli run`: TF's own tool, on the TF1 session path TF Serving's C++ loader
+    takes (restore op, main op, the SignatureDef's tensor names). The stock binary does not
+    register TF Text's ops, so it runs with them imported first, as TF Serving links them."""
+    outdir = tmp_path / "out"
+    command = [sys.executable, "-c", SAVED_MODEL_CLI, "run", "--dir", case.path, "--tag_set", "serve"]
+    command += [
+        "--signature_def",
+        "serving_default",
+        "--input_exprs",
+        f"turns={json.dumps(as_turns(case.histories), ensure_ascii=False)}",
+    ]
+    command += ["--outdir", str(outdir)]
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    replies = np.load(outdir / "reply.npy", allow_pickle=True)
+    assert [r.decode("utf-8") for r in replies.tolist()] == case.expected

@@ -172,7 +172,14 @@ class ServingModule(tf.Module):
         include_xla: bool = True,
     ):
         super().__init__(name="dialogpt_serving")
-        self.model = model
+        # The model is used but not tracked: the export tracks the TF variables under its Keras 3
+        # variables instead. A tracked Keras variable is exported as a second, separate variable
+        # (Keras's `_export_to_saved_model_graph` wraps the exported copy in a new `tf.Variable`),
+        # so the SavedModel's saver restores one copy while the signatures read the other. TF2's
+        # `tf.saved_model.load` hides this; TF1's session loader (TF Serving's C++
+        # `LoadSavedModel`, `saved_model_cli run`) leaves the read variables uninitialized.
+        self.model = self._no_dependency(model)
+        self.model_variables = [getattr(v, "value", v) for v in model.variables]
         self.text = text
         self.limits = limits
         make_generate = make_generate or _default_generate_builder
