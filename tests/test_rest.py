@@ -244,6 +244,7 @@ def test_status_and_metadata(server):
         ("GET", f"/v1/models/{MODEL_NAME}/versions/99999999999999999999999", None, 400, "Failed to convert version"),
         ("GET", "/elsewhere", None, 404, "no such path"),
         ("POST", PREDICT, json.dumps({"instances": [["x" * (9 * 1024 * 1024)]]}), 413, "exceeds"),
+        ("POST", PREDICT, {"instances": [["Hi"]] * 65}, 400, "has 65 rows; this server takes at most 64"),
     ],
 )
 def test_bad_requests_get_tf_serving_s_status_and_an_error_body(server, method, path, body, code, message):

@@ -717,3 +717,43 @@ def test_deployment_configs_parse():
         '"8501:8501"',
     ):
         assert flag in compose
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((20000, 10000), "has 20000 rows; this server takes at most 64"),  # a 231-byte request, 800 MB declared
+        ((1, 2_000_000), "declares shape [1, 2000000] (2000000 values)"),
+    ],
+)
+def test_declared_shapes_are_refused_before_anything_is_allocated(server, stub, models, shape, message):
+    request = _request(*left_pad([[5, EOS]]))
+    for key in ("input_ids", "attention_mask"):  # the shape, and no values: decoding would fill it
+        request.inputs[key].Clear()
+        request.inputs[key].dtype = 3
+        for size in shape:
+            request.inputs[key].tensor_shape.dim.add(size=size)
+    assert request.ByteSize() < 400
+    before = _rss_mb(server.process.pid)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(request, timeout=RPC_TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+    assert _rss_mb(server.process.pid) - before < 200
+    response = stub.Predict(_request(*left_pad([[5, EOS]]), max_new_tokens=4), timeout=RPC_TIMEOUT)
+    assert to_ndarray(response.outputs["lengths"]).shape == (1,)
+
+
+def test_version_directories_are_ascii_numbers(tmp_path):
+    from tfdialogpt.serving.export import next_version
+    from tfdialogpt.serving.servables import ModelVersions
+
+    for name in ("1", "²", "٣", "07x"):  # "²" and "٣" pass str.isdigit() and fail int()
+        (tmp_path / name).mkdir()
+    assert ModelVersions("m", str(tmp_path))._on_disk() == {1: str(tmp_path / "1")}
+    assert next_version(tmp_path) == 2

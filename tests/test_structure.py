@@ -35,6 +35,7 @@ TF_FREE = [
     "tfdialogpt.serving.rest_json",
     "tfdialogpt.serving.rest_api",
     "tfdialogpt.serving.metrics",
+    "tfdialogpt.serving.limits",
     "tfdialogpt.chat",
     "tfdialogpt._sentencepiece_bpe",
     "tfdialogpt.training.readers",

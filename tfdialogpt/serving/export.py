@@ -56,7 +56,7 @@ class ExportResult:
 def next_version(base_path: str | os.PathLike) -> int:
     """1 + the largest numeric version directory under `base_path` (1 if none)."""
     try:
-        versions = [int(name) for name in os.listdir(base_path) if name.isdigit()]
+        versions = [int(name) for name in os.listdir(base_path) if name.isascii() and name.isdigit()]
     except FileNotFoundError:
         return 1
     return max(versions, default=0) + 1

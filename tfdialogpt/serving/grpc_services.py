@@ -45,6 +45,7 @@ from tfdialogpt.serving.errors import (
     ServingError,
     ServingTimeoutError,
 )
+from tfdialogpt.serving.limits import RequestLimits
 from tfdialogpt.serving.metrics import ServerMetrics
 from tfdialogpt.serving.protos import TensorDecodeError, apis, to_ndarray, to_tensor_proto
 from tfdialogpt.serving.servables import ModelVersions, Servable
@@ -97,6 +98,9 @@ class ModelServer:
         num_versions: newest versions served at once.
         max_batch_size, batch_timeout, num_batch_threads, max_queued: see `Batcher`.
         warmup: run each version's warmup records before serving it.
+        rest_port, rest_options: TF Serving's REST API on this port (0 picks a free one; None:
+            off), with `rest_api.RestServer`'s options.
+        request_limits: what one request may send (`limits.RequestLimits`).
 
     Example:
         >>> server = ModelServer("/models/dialogpt", port=0).start()  # doctest: +SKIP
@@ -120,6 +124,7 @@ class ModelServer:
         models: Sequence[ModelVersions] = (),
         rest_port: int | None = None,
         rest_options: dict | None = None,
+        request_limits: RequestLimits = RequestLimits(),
     ):
         self.model_name = model_name
         self.models = {m.name: m for m in models}
@@ -129,6 +134,7 @@ class ModelServer:
             raise ValueError("nothing to serve: give base_path or models")
         self.host, self.port = host, port
         self.poll_interval = poll_interval
+        self.request_limits = request_limits
         self.metrics = ServerMetrics(lambda: self.models)
         self.batcher = Batcher(
             max_batch_size,
@@ -197,9 +203,10 @@ class ModelServer:
     def stop(self, grace: float = 10.0) -> None:
         """Stops taking requests, lets those in flight finish (up to `grace` s), then stops."""
         log.info("stopping: finishing requests in flight (grace %.1f s)", grace)
+        stopped = self._server.stop(grace)  # gRPC and REST drain side by side, within one grace
         if self.rest is not None:
             self.rest.stop(grace)
-        self._server.stop(grace).wait(grace + 5)
+        stopped.wait(grace + 5)
         self._stop_polling.set()
         self.batcher.stop()
         if self._poller.is_alive():
@@ -224,6 +231,8 @@ class ModelServer:
         `call` is the gRPC context or its REST stand-in: `time_remaining()` is the deadline and
         `add_callback(fn)` registers the cancel of a request whose client goes away.
         """
+        for key, value in inputs.items():  # REST's arrays (gRPC's were checked before decoding)
+            self.request_limits.check_shape(key, value.shape)
         sig = servable.check(name, inputs)
         unknown = sorted(set(output_filter) - set(servable.functions[name].structured_outputs))
         if unknown:
@@ -248,6 +257,8 @@ class ModelServer:
         servable = self.acquire(spec)
         try:
             for key, proto in request.inputs.items():
+                # The declared shape first: decoding allocates it (values may be left out).
+                self.request_limits.check_shape(key, [dim.size for dim in proto.tensor_shape.dim])
                 try:
                     inputs[key] = to_ndarray(proto)
                 except TensorDecodeError as err:

@@ -233,7 +233,7 @@ class ModelVersions:
         found = {}
         for entry in names:
             path = os.path.join(self.base_path, entry)
-            if entry.isdigit() and os.path.isdir(path):
+            if entry.isascii() and entry.isdigit() and os.path.isdir(path):  # not "²": isdigit, not int
                 found[int(entry)] = path
         return found
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from tfdialogpt.serving import rest_api
 from tfdialogpt.serving.grpc_services import DEFAULT_PORT, ModelServer, serve
+from tfdialogpt.serving.limits import RequestLimits
 from tfdialogpt.serving.servables import ModelVersions
 
 
@@ -118,6 +119,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-timeout-ms", type=float, default=2.0, help="how long a run waits for more requests")
     parser.add_argument("--num-batch-threads", type=int, default=2, help="runs executed in parallel")
     parser.add_argument("--max-queued", type=int, default=1024, help="queued requests before RESOURCE_EXHAUSTED")
+    parser.add_argument(
+        "--max-rows-per-request",
+        type=int,
+        default=RequestLimits.max_rows,
+        help="rows one request may send; more are refused (INVALID_ARGUMENT) before decoding",
+    )
+    parser.add_argument(
+        "--max-values-per-input",
+        type=int,
+        default=RequestLimits.max_values,
+        help="values one input tensor may declare; more are refused before decoding",
+    )
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warmup records")
 
@@ -151,6 +164,7 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
         max_queued=args.max_queued,
         warmup=not args.no_warmup,
         models=models,
+        request_limits=RequestLimits(args.max_rows_per_request, args.max_values_per_input),
         rest_port=args.rest_api_port or None,
         rest_options=dict(
             timeout_ms=args.rest_api_timeout_ms,
