@@ -757,3 +757,27 @@ def test_version_directories_are_ascii_numbers(tmp_path):
         (tmp_path / name).mkdir()
     assert ModelVersions("m", str(tmp_path))._on_disk() == {1: str(tmp_path / "1")}
     assert next_version(tmp_path) == 2
+
+
+def test_health_service_reports_the_served_models(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", MODEL_NAME):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=RPC_TIMEOUT)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.RpcError) as err:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=RPC_TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_second_server_on_the_same_grpc_port_exits_with_a_message(server, tmp_path):
+    command = [sys.executable, "-m", "tfdialogpt", "serve", "--model-base-path", str(tmp_path / "none")]
+    command += ["--host", "127.0.0.1", "--port", str(server.port), "--rest-api-port", "0"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=RPC_TIMEOUT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{server.port}" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    with _client(server) as client:  # the first one alone answers, as before
+        assert client.status()[1][0] == "AVAILABLE"

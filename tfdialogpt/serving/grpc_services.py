@@ -4,7 +4,11 @@
 Serving's layout `BASE/<version>/saved_model.pb`) through the official services, built on
 `grpcio` and the `tensorflow-serving-api` servicers:
 - `PredictionService.Predict` and `PredictionService.GetModelMetadata`;
-- `ModelService.GetModelStatus`.
+- `ModelService.GetModelStatus`;
+- `grpc.health.v1.Health` (`Check`, `Watch`): service `""` is SERVING while every model has a
+  version available, each model name while it has one; NOT_SERVING during shutdown.
+
+The port is bound exclusively (no SO_REUSEPORT): a second server on it fails to start.
 
 Behaviour follows TF Serving's where it has one:
 - Versions: see `servables.ModelVersions` (newest `num_versions` served, new versions warmed up
@@ -153,11 +157,18 @@ class ModelServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # gRPC sets SO_REUSEPORT by default: a second server on the port would start and
+                # split the traffic with this one. Off, the second one fails to bind.
+                ("grpc.so_reuseport", 0),
             ],
         )
         api = apis()
         api.prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self), self._server)
         api.model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self), self._server)
+        from grpc_health.v1 import health, health_pb2_grpc
+
+        self._health = health.HealthServicer()  # grpc.health.v1: "" and each model name
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._stop_polling = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="version-poller", daemon=True)
 
@@ -187,6 +198,7 @@ class ModelServer:
             model.poll()
             if not model.available_versions():
                 log.warning("model %r has no loadable version under %s yet; polling", model.name, model.base_path)
+        self._update_health()
         self._server.start()
         self._poller.start()
         log.info("serving %s on %s:%d (gRPC)", ", ".join(repr(m) for m in self.models), self.host, self.port)
@@ -199,10 +211,22 @@ class ModelServer:
                     model.poll()
                 except Exception:  # keep polling whatever one pass hit
                     log.exception("polling %s failed", model.base_path)
+            self._update_health()
+
+    def _update_health(self) -> None:
+        """Each model SERVING while it has a version available; "" (the server) while all do."""
+        from grpc_health.v1 import health_pb2
+
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        states = {name: bool(model.available_versions()) for name, model in self.models.items()}
+        for name, up in states.items():
+            self._health.set(name, serving if up else not_serving)
+        self._health.set("", serving if all(states.values()) else not_serving)
 
     def stop(self, grace: float = 10.0) -> None:
         """Stops taking requests, lets those in flight finish (up to `grace` s), then stops."""
         log.info("stopping: finishing requests in flight (grace %.1f s)", grace)
+        self._health.enter_graceful_shutdown()  # health checks answer NOT_SERVING from now on
         stopped = self._server.stop(grace)  # gRPC and REST drain side by side, within one grace
         if self.rest is not None:
             self.rest.stop(grace)
