@@ -36,6 +36,7 @@ TF_FREE = [
     "tfdialogpt.serving.rest_api",
     "tfdialogpt.serving.metrics",
     "tfdialogpt.serving.limits",
+    "tfdialogpt.serving.tls",
     "tfdialogpt.chat",
     "tfdialogpt._sentencepiece_bpe",
     "tfdialogpt.training.readers",

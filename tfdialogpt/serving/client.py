@@ -126,6 +126,8 @@ class Client:
         max_positions: the model's positions (1024 for DialoGPT); bounds history length.
         eos_token_id: `<|endoftext|>`, also used as padding; the tokenizer's if given.
         channel: an existing `grpc.Channel` to use instead of opening one.
+        credentials: TLS (`grpc.ssl_channel_credentials(root_certificates=...)`, with a client
+            key and certificate for a server with `client_verify`); None: plain.
 
     Raises (from every call): `InvalidRequestError`, `ModelNotFoundError`,
     `ServerUnavailableError`, `ServingTimeoutError`, or `ServingError` for other codes.
@@ -150,6 +152,7 @@ class Client:
         max_positions: int = 1024,
         eos_token_id: int | None = None,
         channel: grpc.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ):
         if signature not in contract.SIGNATURES or contract.SIGNATURES[signature].inputs != contract.GENERATE.inputs:
             generate_names = [n for n, s in contract.SIGNATURES.items() if s.inputs == contract.GENERATE.inputs]
@@ -167,13 +170,17 @@ class Client:
             eos_token_id = getattr(tokenizer, "eos_token_id", GPT2_EOS_ID)
         self.eos_token_id = eos_token_id
         self._own_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
+        if channel is None:
+            channel = (
+                grpc.insecure_channel(target, options=options)
+                if credentials is None
+                else grpc.secure_channel(target, credentials, options=options)
+            )
+        self._channel = channel
         api = apis()
         self._predict = api.prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = api.model_service_pb2_grpc.ModelServiceStub(self._channel)

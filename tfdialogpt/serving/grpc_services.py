@@ -105,6 +105,7 @@ class ModelServer:
         rest_port, rest_options: TF Serving's REST API on this port (0 picks a free one; None:
             off), with `rest_api.RestServer`'s options.
         request_limits: what one request may send (`limits.RequestLimits`).
+        ssl_config: TLS for the gRPC port (`tls.SslConfig`, TF Serving's SSLConfig); None: plain.
 
     Example:
         >>> server = ModelServer("/models/dialogpt", port=0).start()  # doctest: +SKIP
@@ -129,6 +130,7 @@ class ModelServer:
         rest_port: int | None = None,
         rest_options: dict | None = None,
         request_limits: RequestLimits = RequestLimits(),
+        ssl_config=None,
     ):
         self.model_name = model_name
         self.models = {m.name: m for m in models}
@@ -139,6 +141,7 @@ class ModelServer:
         self.host, self.port = host, port
         self.poll_interval = poll_interval
         self.request_limits = request_limits
+        self.ssl_config = ssl_config
         self.metrics = ServerMetrics(lambda: self.models)
         self.batcher = Batcher(
             max_batch_size,
@@ -185,8 +188,14 @@ class ModelServer:
         Raises:
             ServingError: a port cannot be bound (before any model is loaded).
         """
+        address = f"{self.host}:{self.port}"
         try:
-            bound = self._server.add_insecure_port(f"{self.host}:{self.port}")
+            if self.ssl_config is None:
+                bound = self._server.add_insecure_port(address)
+            else:
+                from tfdialogpt.serving.tls import server_credentials
+
+                bound = self._server.add_secure_port(address, server_credentials(self.ssl_config))
         except RuntimeError:
             bound = 0
         if not bound:

@@ -21,6 +21,7 @@ from tfdialogpt.serving import rest_api
 from tfdialogpt.serving.grpc_services import DEFAULT_PORT, ModelServer, serve
 from tfdialogpt.serving.limits import RequestLimits
 from tfdialogpt.serving.servables import ModelVersions
+from tfdialogpt.serving.tls import read_ssl_config
 
 
 def read_model_config(path: str, warmup: bool = True) -> list[ModelVersions]:
@@ -131,6 +132,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=RequestLimits.max_values,
         help="values one input tensor may declare; more are refused before decoding",
     )
+    parser.add_argument(
+        "--ssl-config-file",
+        help="TLS for the gRPC port: TF Serving's SSLConfig text proto (server_key, server_cert, custom_ca, "
+        "client_verify); the REST port stays plain, as in TF Serving",
+    )
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warmup records")
 
@@ -165,6 +171,7 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
         warmup=not args.no_warmup,
         models=models,
         request_limits=RequestLimits(args.max_rows_per_request, args.max_values_per_input),
+        ssl_config=read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None,
         rest_port=args.rest_api_port or None,
         rest_options=dict(
             timeout_ms=args.rest_api_timeout_ms,
