@@ -243,7 +243,7 @@ def test_status_and_metadata(server):
         ("GET", "/v1/models/nope/metadata", None, 404, "model 'nope' not found"),
         ("GET", f"/v1/models/{MODEL_NAME}/versions/99999999999999999999999", None, 400, "Failed to convert version"),
         ("GET", "/elsewhere", None, 404, "no such path"),
-        ("POST", PREDICT, json.dumps({"instances": [["x" * (9 * 1024 * 1024)]]}), 413, "exceeds"),
+        ("POST", PREDICT, json.dumps({"instances": [["x" * (5 * 1024 * 1024)]]}), 413, "exceeds"),
         ("POST", PREDICT, {"instances": [["Hi"]] * 65}, 400, "has 65 rows; this server takes at most 64"),
     ],
 )

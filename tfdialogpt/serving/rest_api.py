@@ -47,7 +47,7 @@ log = logging.getLogger("tfdialogpt.serving")
 
 DEFAULT_PORT = 8501
 DEFAULT_TIMEOUT_MS = 30_000  # TF Serving's --rest_api_timeout_in_ms
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # the worst such JSON (700k one-string rows) parses to +70 MB
 
 _PREDICT = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)", re.I)
 _MODEL = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?", re.I)
@@ -279,7 +279,7 @@ class RestServer:
                     raise InvalidRequestError(f'Serving signature name: "{name}" not found in signature def')
                 return {key: info.dtype for key, info in servable.signature_defs[name].inputs.items()}
 
-            request = rest_json.parse_predict_request(body, input_dtypes)
+            request = rest_json.parse_predict_request(body, input_dtypes, self.server.request_limits.check_shape)
             signature = request.signature_name or contract.DEFAULT_SIGNATURE
             outputs = self.server.predict_arrays(servable, signature, request.inputs, call)
         finally:

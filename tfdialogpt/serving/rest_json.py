@@ -218,13 +218,17 @@ def signature_name_of(doc: Mapping) -> str:
     return name
 
 
-def parse_predict_request(body: bytes, input_dtypes: Callable[[str], Mapping[str, int]]) -> PredictRequest:
+def parse_predict_request(
+    body: bytes, input_dtypes: Callable[[str], Mapping[str, int]], check_shape: Callable | None = None
+) -> PredictRequest:
     """A predict request's signature name, input arrays and format.
 
     Args:
         body: the HTTP body.
         input_dtypes: signature name ("" = the default) -> {input name: DataType enum}; raises
             for an unknown signature.
+        check_shape: called with (input name, shape) on each input's shape, read down its first
+            elements, before any array is built (the server's request limits).
 
     Raises:
         RestFormatError: malformed JSON, both or neither of `instances` and `inputs`, missing
@@ -240,6 +244,17 @@ def parse_predict_request(body: bytes, input_dtypes: Callable[[str], Mapping[str
             f"JSON Value: {_short(doc)} Not formatted correctly expecting only one of 'inputs' or 'instances' keys "
             "to exist "
         )
+    if check_shape is not None:
+        if isinstance(doc.get("instances"), list) and doc["instances"]:
+            first = doc["instances"][0]
+            row = first if isinstance(first, dict) and not _is_b64(first) else {next(iter(dtypes)): first}
+            for key, value in row.items():
+                check_shape(key, (len(doc["instances"]),) + _shape(value))
+        elif isinstance(doc.get("inputs"), dict) and not _is_b64(doc["inputs"]):
+            for key, value in doc["inputs"].items():
+                check_shape(key, _shape(value))
+        elif "inputs" in doc:
+            check_shape(next(iter(dtypes)), _shape(doc["inputs"]))
     if "instances" in doc:
         return PredictRequest(name, _from_instances(doc["instances"], dtypes, doc), ROW)
     if "inputs" in doc:
