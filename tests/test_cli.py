@@ -233,13 +233,15 @@ def test_init_convert_info_tokenize(tmp_path, tiny_reference):
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
-    """`make demo`'s job: export, serve, a scripted conversation over gRPC, clean stop."""
+    """`make demo`'s job: export, serve, a scripted conversation over gRPC, one REST call, clean stop."""
     out = run("demo", "--workdir", str(tmp_path), "--turn", "Hello", "--turn", "How are you?")
     assert out.returncode == 0, out.stderr[-3000:]
     bot_lines = [line for line in out.stdout.splitlines() if line.startswith("bot> ")]
     assert len(bot_lines) == 2 and all(line.rstrip().endswith(" ms]") for line in bot_lines)
     assert "server stopped (exit status 0)" in out.stdout
     assert (tmp_path / "dialogpt" / "1" / "saved_model.pb").is_file()
+    rest = [line for line in out.stdout.splitlines() if line.startswith("REST: POST http://127.0.0.1:")]
+    assert len(rest) == 1 and '{"inputs": {"turns": [["Hello"]]}}' in rest[0], out.stdout
 
 
 def test_undecodable_input_is_a_clear_message():
