@@ -8,11 +8,17 @@ Exports a model (random weights of a DialoGPT shape, or a checkpoint), starts
 3. 8 concurrent clients, each sending a bounded number of requests: throughput, p50/p99
    latency; every answer must equal the single-client answer for the same prompt (greedy);
 4. the `chat` signature's cost over `generate` for the same history (in-graph tokenization,
-   truncation, detokenization), at batch 1 and 8, for the plain and the XLA signatures.
+   truncation, detokenization), at batch 1 and 8, for the plain and the XLA signatures;
+5. `--only load` (issue 14's figures): one gRPC client at batch 1 on `generate_xla` and
+   `generate` against in-process `model.generate` (XLA), interleaved; then 8 concurrent
+   clients with mixed prompt lengths and mixed settings (greedy, seeded sampling) against
+   in-process batch-8 `model.generate` on the same prompts; every answer checked against
+   the same request sent alone.
 
     python benchmarks/serve.py                       # DialoGPT-small shape, 8 x 4 requests
     python benchmarks/serve.py --preset medium --requests-per-client 2
     python benchmarks/serve.py --only chat           # just (4)
+    python benchmarks/serve.py --only load           # just (5)
 """
 
 from __future__ import annotations
@@ -81,8 +87,8 @@ def chat_overhead(loaded, tokenizer, config, new: int, repeats: int, batches=(1,
     from tfdialogpt import padding
     from tfdialogpt.serving.signatures import PARAMETERS
 
-    settings = {p.name: tf.constant(p.default, p.spec.np_dtype) for p in PARAMETERS.values()}
-    settings["max_new_tokens"] = tf.constant(new, tf.int32)
+    settings = {p.name: tf.constant(p.array(), p.spec.np_dtype) for p in PARAMETERS.values()}  # [1]: all rows
+    settings["max_new_tokens"] = tf.constant([new], tf.int32)
     rows = []
     for batch in batches:
         turns = tf.constant([CHAT_HISTORY] * batch)
@@ -126,6 +132,117 @@ def prompts(count, vocab_size, seed=0):
     return [rng.integers(0, vocab_size - 1, rng.integers(10, 31)).tolist() + [vocab_size - 1] for _ in range(count)]
 
 
+def _mixed_settings(i: int) -> dict:
+    """Request i of the load benchmark: every other one sampled with its own seed."""
+    return {"do_sample": True, "seed": 1000 + i, "top_k": 40, "temperature": 0.9} if i % 2 else {}
+
+
+def load_benchmark(args, model, result, workdir) -> int:
+    """(5): batch-1 latency over gRPC against in-process, then 8 mixed concurrent clients."""
+    import tensorflow as tf
+    from serving_utils import ServerProcess
+
+    from tfdialogpt.serving.client import Client
+
+    config, new, rounds = model.config, args.max_new_tokens, args.requests_per_client
+    work = prompts(args.clients * rounds, config.vocab_size, seed=1)
+    server = ServerProcess(workdir / "dialogpt", workdir / "server.log", "--max-batch-size", str(args.max_batch_size))
+    try:
+        server.wait_for_version(result.version, timeout=600)
+
+        def client(signature):
+            return Client(
+                server.target,
+                "dialogpt",
+                signature=signature,
+                timeout=600,
+                max_positions=config.max_positions,
+                eos_token_id=config.eos_token_id,
+            )
+
+        # Compile every (rows, prompt bucket) the runs below can use, on both sides.
+        with client("generate_xla") as c:
+            for rows in (1, 2, 4, 8):
+                for length in (12, 30):
+                    c.generate([work[0][:length] + [config.eos_token_id]] * rows, max_new_tokens=new)
+        for length in (12, 30):
+            model.generate(np.array([work[0][:length]], np.int32), max_new_tokens=new)
+        by_bucket = {}
+        for prompt in work:
+            by_bucket.setdefault(len(prompt) > 16, []).append(prompt)
+        batches = [rows[i : i + args.clients] for rows in by_bucket.values() for i in range(0, len(rows), args.clients)]
+        for rows in batches[:2]:
+            model.generate(*_left_padded(rows, config.eos_token_id), max_new_tokens=new)
+
+        # Batch 1, greedy, interleaved request by request.
+        timings = {"in process": [], "gRPC generate_xla": [], "gRPC generate": []}
+        with client("generate_xla") as xla, client("generate") as plain:
+            plain.generate([work[0]], max_new_tokens=new)
+            for prompt in work[: args.clients * 2]:
+                for name, call in (
+                    ("in process", lambda p=prompt: model.generate(np.array([p], np.int32), max_new_tokens=new)),
+                    ("gRPC generate_xla", lambda p=prompt: xla.generate([p], max_new_tokens=new)),
+                    ("gRPC generate", lambda p=prompt: plain.generate([p], max_new_tokens=new)),
+                ):
+                    t = time.perf_counter()
+                    call()
+                    timings[name].append(time.perf_counter() - t)
+
+        # 8 concurrent clients, mixed lengths and settings, against in-process batches of 8.
+        with client("generate_xla") as c:
+            alone = [c.generate([p], max_new_tokens=new, **_mixed_settings(i)) for i, p in enumerate(work)]
+        alone = [a.sequences[0, : a.lengths[0]].tolist() for a in alone]
+
+        def worker(index):
+            answers = {}
+            with client("generate_xla") as c:
+                for i in range(index, len(work), args.clients):
+                    out = c.generate([work[i]], max_new_tokens=new, **_mixed_settings(i))
+                    answers[i] = out.sequences[0, : out.lengths[0]].tolist()
+            return answers
+
+        served_tok_s, local_tok_s, mismatches = [], [], 0
+        for _ in range(3):  # interleaved rounds: load from elsewhere hits both alike
+            t = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+                answers = {i: a for chunk in pool.map(worker, range(args.clients)) for i, a in chunk.items()}
+            wall = time.perf_counter() - t
+            served_tok_s.append(sum(len(a) for a in answers.values()) / wall)
+            mismatches += sum(answers[i] != alone[i] for i in range(len(work)))
+            t, tokens = time.perf_counter(), 0
+            for rows in batches:
+                out = model.generate(*_left_padded(rows, config.eos_token_id), max_new_tokens=new)
+                tokens += int(np.asarray(out.lengths).sum())
+            local_tok_s.append(tokens / (time.perf_counter() - t))
+    finally:
+        server.terminate()
+
+    print(f"\n## Serving under load ({platform.machine()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__})\n")
+    print(
+        f"model: {args.model or 'DialoGPT-' + args.preset + ' shape, random weights'}; prompts of 11-31 tokens; "
+        f"{new} new tokens; server --max-batch-size {args.max_batch_size}\n"
+    )
+    base = percentile(timings["in process"], 50)
+    print("| batch 1, greedy | requests | p50 ms | ratio to in-process |")
+    print("|---|---:|---:|---:|")
+    for name, values in timings.items():
+        print(f"| {name} | {len(values)} | {percentile(values, 50):.1f} | {percentile(values, 50) / base:.2f}x |")
+    served, local = float(np.median(served_tok_s)), float(np.median(local_tok_s))
+    print(
+        f"\n{args.clients} concurrent clients, mixed lengths, every other request sampled (own seed): "
+        f"{served:.1f} tok/s; in-process batch-{args.clients} `model.generate` (greedy, same prompts): "
+        f"{local:.1f} tok/s; ratio {served / local:.2f}x (median of 3 interleaved rounds)"
+    )
+    print(f"answers equal to the same request sent alone: {3 * len(work) - mismatches}/{3 * len(work)}")
+    return 0 if mismatches == 0 else 1
+
+
+def _left_padded(rows, pad_id):
+    from tfdialogpt import padding
+
+    return padding.left_pad(rows, pad_id)  # (input_ids, attention_mask)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=["small", "medium", "large"])
@@ -136,7 +253,7 @@ def main(argv=None) -> int:
     parser.add_argument("--signature", default="generate", choices=["generate", "generate_xla"])
     parser.add_argument("--max-batch-size", type=int, default=8, help="server-side merging (1 = queue only)")
     parser.add_argument("--tokenizer", help="the model's tokenizer (default: the checkpoint's, or GPT-2's)")
-    parser.add_argument("--only", choices=["chat"], help="run only the chat-signature measurement")
+    parser.add_argument("--only", choices=["chat", "load"], help="run only the chat or the load measurement")
     parser.add_argument("--chat-new-tokens", type=int, default=32)
     parser.add_argument("--chat-repeats", type=int, default=15)
     args = parser.parse_args(argv)
@@ -167,6 +284,8 @@ def main(argv=None) -> int:
             print(f"model: {args.model or 'DialoGPT-' + args.preset + ' shape, random weights'}")
             print_chat_overhead(rows, args.chat_new_tokens)
             return 0
+        if args.only == "load":
+            return load_benchmark(args, model, result, workdir)
         total = args.clients * args.requests_per_client
         work = prompts(total, config.vocab_size)
         new = args.max_new_tokens
@@ -182,8 +301,8 @@ def main(argv=None) -> int:
             ids = np.full((1, width), config.eos_token_id, np.int32)
             mask = np.zeros_like(ids)
             ids[0, width - len(prompt) :], mask[0, width - len(prompt) :] = prompt, 1
-            params = {p.name: tf.constant(p.default, p.spec.dtype) for p in PARAMETERS.values()}
-            params["max_new_tokens"] = tf.constant(new, tf.int32)
+            params = {p.name: tf.constant(p.array(), p.spec.dtype) for p in PARAMETERS.values()}  # [1]: all rows
+            params["max_new_tokens"] = tf.constant([new], tf.int32)
             return signature(input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)[
                 "sequences"
             ].numpy()

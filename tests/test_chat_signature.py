@@ -98,9 +98,9 @@ FRESH = textwrap.dedent("""
     import tensorflow_text  # noqa: F401  (registers TF Text's ops, as TF Serving links them)
     text = sorted(op for op in set(ops) - set(core) if op_def_registry.get(op) is not None)
     loaded = tf.saved_model.load(path)
-    settings = dict(max_new_tokens=tf.constant(new), temperature=tf.constant(1.0), top_k=tf.constant(0),
-                    top_p=tf.constant(1.0), repetition_penalty=tf.constant(1.0), seed=tf.constant(0),
-                    do_sample=tf.constant(False))
+    settings = dict(max_new_tokens=tf.constant([new]), temperature=tf.constant([1.0]), top_k=tf.constant([0]),
+                    top_p=tf.constant([1.0]), repetition_penalty=tf.constant([1.0]), seed=tf.constant([0]),
+                    do_sample=tf.constant([False]))  # [1]: one value for every row
     result = {"core": core, "text": text, "unknown": sorted(ops - set(core) - set(text))}
     for name in [n for n in ("chat", "chat_xla", "serving_default") if n in loaded.signatures]:
         given = settings if name != "serving_default" else {}  # turns only: the export's defaults

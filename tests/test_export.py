@@ -24,6 +24,7 @@ from serving_utils import (
 )
 
 from tfdialogpt.serving import signatures as contract
+from tfdialogpt.serving.request_checks import check_inputs
 from tfdialogpt.serving.export import export, next_version, warmup_requests
 from tfdialogpt.serving.protos import apis, to_ndarray
 
@@ -68,7 +69,7 @@ def test_warmup_records_cover_each_bucket(exported):
             assert turn == "<|endoftext|>" * (turn.count("<|endoftext|>"))
             seen.add((sig.name, turn.count("<|endoftext|>") + 1))  # + the turn's closing EOS
             continue
-        contract.check_inputs(sig, inputs, exported.limits)  # every record is a valid request
+        check_inputs(sig, inputs, exported.limits)  # every record is a valid request
         seen.add((sig.name, inputs["input_ids"].shape[1]))
     expected = {(name, n) for name in ("serving_default", "chat", "generate", "score") for n in WARMUP_LENGTHS}
     assert seen == expected and len(logs) == exported.warmup_records == len(expected)
@@ -122,15 +123,7 @@ def test_int8_export_matches_the_int8_model(tmp_path, serving_tokenizer):
     loaded = tf.saved_model.load(result.path)
     ids, mask = left_pad(PROMPTS)
     sequences, lengths = greedy_reference(quantized, PROMPTS, 10)
-    params = dict(
-        max_new_tokens=np.int32(10),
-        temperature=np.float32(1),
-        top_k=np.int32(0),
-        top_p=np.float32(1),
-        repetition_penalty=np.float32(1),
-        seed=np.int32(0),
-        do_sample=np.bool_(False),
-    )
+    params = contract.setting_inputs({"max_new_tokens": 10})  # one value for all rows
     for name in ("generate", "generate_xla"):
         out = loaded.signatures[name](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)
         np.testing.assert_array_equal(out["sequences"].numpy(), sequences, err_msg=name)
@@ -148,8 +141,11 @@ FRESH_PROCESS = textwrap.dedent("""
     path, new = sys.argv[1], int(sys.argv[4])
     ids, mask = (np.array(json.loads(arg), np.int32) for arg in sys.argv[2:4])
     loaded = tf.saved_model.load(path)
-    params = dict(max_new_tokens=np.int32(new), temperature=np.float32(1), top_k=np.int32(0), top_p=np.float32(1),
-                  repetition_penalty=np.float32(1), seed=np.int32(0), do_sample=np.bool_(False))
+    rows = len(ids)  # one value per row, as the batcher of TF Serving needs them
+    params = dict(max_new_tokens=np.full(rows, new, np.int32), temperature=np.ones(rows, np.float32),
+                  top_k=np.zeros(rows, np.int32), top_p=np.ones(rows, np.float32),
+                  repetition_penalty=np.ones(rows, np.float32), seed=np.zeros(rows, np.int32),
+                  do_sample=np.zeros(rows, np.bool_))
     result = {"tfdialogpt_imported": any(m.startswith("tfdialogpt") for m in sys.modules)}
     for name in ("generate", "generate_xla"):
         out = loaded.signatures[name](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)
@@ -159,7 +155,7 @@ FRESH_PROCESS = textwrap.dedent("""
     result["score"] = score(input_ids=tf.constant(ids), attention_mask=tf.constant(np.ones_like(ids)),
                             target_mask=tf.constant(target))["log_probs"].numpy().tolist()
     try:
-        bad = dict(params, top_p=np.float32(1.5))
+        bad = dict(params, top_p=np.full(rows, 1.5, np.float32))
         loaded.signatures["generate"](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **bad)
         result["bad_top_p"] = "accepted"
     except tf.errors.InvalidArgumentError as err:
@@ -231,3 +227,58 @@ def test_export_refuses_bad_settings(model, serving_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="does not fit the model"):
         export(model, tmp_path, tokenizer=Tokenizer.from_pretrained("default"))  # 2048 ids, EOS 0
     assert sorted(os.listdir(tmp_path)) == ["3"], "nothing half-written may be left behind"
+
+
+# (settings of one request) for the batch tests: greedy and seeded sampling, different lengths.
+MIXED_SETTINGS = [
+    {"max_new_tokens": 10},
+    {"max_new_tokens": 6, "do_sample": True, "seed": 3, "top_k": 20},
+    {"max_new_tokens": 12, "repetition_penalty": 1.3},
+    {"max_new_tokens": CAP, "do_sample": True, "seed": 9, "temperature": 0.7, "top_p": 0.9},
+]
+
+
+def _tf_serving_batch(requests):
+    """What TF Serving's batcher runs: every input concatenated along dimension 0, then the
+    batch padded up to an allowed size with copies of the first row."""
+    batch = {key: np.concatenate([r[key] for r in requests]) for key in requests[0]}
+    return {key: np.concatenate([value, value[:1]]) for key, value in batch.items()}
+
+
+@pytest.mark.parametrize("name", ["generate", "generate_xla", "chat", "chat_xla"])
+def test_a_tf_serving_batch_gives_each_request_its_own_answer(exported, name):
+    """Requests with different settings, concatenated as TF Serving's batcher does and run as
+    one call, each get the answer they get alone: settings are one value per row and each
+    sampled row draws from its own seed."""
+    loaded = tf.saved_model.load(exported.path)
+    signature = loaded.signatures[name]
+    histories = [["Hello"], ["Hi!", "How are you?"], ["What is your name?"], ["a", "b", "c"]]
+    prompts = [[5, 9, 33, 71, EOS], [120, EOS, 7, 8, 200, 14, 3, EOS], [42, EOS], [66, 67, 68, EOS]]
+    requests = []
+    for i, settings in enumerate(MIXED_SETTINGS):
+        if name.startswith("chat"):  # a fixed number of turn slots, as the client sends them
+            turns = np.full((1, 8), b"", object)
+            turns[0, : len(histories[i])] = [t.encode() for t in histories[i]]
+            inputs = {"turns": turns}
+        else:  # every prompt padded to one bucket, as the client pads
+            ids, mask = left_pad([prompts[i]], 16)
+            inputs = {"input_ids": ids, "attention_mask": mask}
+        requests.append({**inputs, **contract.setting_inputs(settings)})
+
+    def call(inputs):
+        return {key: value.numpy() for key, value in signature(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+
+    alone = [call(request) for request in requests]
+    together = call(_tf_serving_batch(requests))
+    assert together["sequences"].shape == (len(requests) + 1, CAP)  # the batch's largest max_new_tokens
+    for i, answer in enumerate(alone):
+        width = MIXED_SETTINGS[i]["max_new_tokens"]
+        assert answer["sequences"].shape == (1, width)
+        np.testing.assert_array_equal(together["sequences"][i, :width], answer["sequences"][0], err_msg=f"row {i}")
+        assert (together["sequences"][i, width:] == EOS).all(), "after its own max_new_tokens: padding"
+        assert together["lengths"][i] == answer["lengths"][0] <= width
+        if "reply" in answer:
+            assert together["reply"][i] == answer["reply"][0]
+    sampled = [i for i, s in enumerate(MIXED_SETTINGS) if s.get("do_sample")]
+    reseeded = call({**requests[sampled[0]], "seed": np.array([4], np.int32)})
+    assert reseeded["sequences"].tolist() != alone[sampled[0]]["sequences"].tolist(), "the seed matters"

@@ -182,26 +182,32 @@ def test_chat_over_rest_equals_in_process_chat(server, serving_models, serving_t
     status, again = http(server, "POST", f"/V1/Models/{MODEL_NAME}/versions/1:PREDICT", {"instances": [["Hello"]]})
     assert status == 200 and again["predictions"][0]["reply"] == expected[1]
     # The chat signature with every setting given (REST needs them all), greedy, 5 new tokens.
-    # The settings are scalars, so only the columnar format can carry them.
+    # Settings are one value per row, so both formats carry them: a list per input in the
+    # columnar format, a value in each instance of the row format.
     settings = dict(
         max_new_tokens=5, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0, do_sample=False
     )
+    columns = {key: [value] for key, value in settings.items()}
     status, chat = http(
-        server, "POST", PREDICT, {"signature_name": "chat", "inputs": {"turns": [["Hello"]], **settings}}
+        server, "POST", PREDICT, {"signature_name": "chat", "inputs": {"turns": [["Hello"]], **columns}}
     )
     short = Chat(serving_models[0], serving_tokenizer, max_new_tokens=5).reply("Hello")
     assert status == 200 and chat["outputs"]["reply"] == [short]
-    status, row = http(
-        server, "POST", PREDICT, {"signature_name": "chat", "instances": [{"turns": ["Hello"], **settings}]}
+    instances = [{"turns": ["Hello", ""], **settings}, {"turns": histories[0], **settings, "max_new_tokens": CAP}]
+    status, row = http(server, "POST", PREDICT, {"signature_name": "chat", "instances": instances})
+    assert status == 200, row
+    assert [p["reply"] for p in row["predictions"]] == [short, expected[0]]  # each row its own settings
+    status, scalar = http(
+        server, "POST", PREDICT, {"signature_name": "chat", "inputs": {"turns": [["Hello"]], **settings}}
     )
-    assert status == 400 and "has shape [1]" in row["error"]
+    assert status == 400 and "'max_new_tokens' has shape []" in scalar["error"]
 
 
 def test_generate_over_rest_equals_in_process_generate(server, serving_models):
     rows = [[5, 9, 33, 71, EOS], [42, EOS, 7, 8, 200]]
     settings = dict(max_new_tokens=[6], temperature=[1.0], top_k=[0], top_p=[1.0], repetition_penalty=[1.0], seed=[0])
-    scalars = {key: value[0] for key, value in settings.items()} | {"do_sample": False}
-    body = {"signature_name": "generate", "inputs": {"input_ids": rows, "attention_mask": [[1] * 5] * 2, **scalars}}
+    settings |= {"do_sample": [False]}  # [1]: one value for both rows
+    body = {"signature_name": "generate", "inputs": {"input_ids": rows, "attention_mask": [[1] * 5] * 2, **settings}}
     status, answer = http(server, "POST", PREDICT, body)
     sequences, lengths = greedy_reference(serving_models[0], rows, 6)
     assert status == 200, answer

@@ -32,6 +32,7 @@ from serving_utils import (
 from tfdialogpt.serving import signatures as contract
 from tfdialogpt.serving.client import Client, InvalidRequestError, ModelNotFoundError
 from tfdialogpt.serving.protos import apis, to_ndarray, to_tensor_proto
+from tfdialogpt.serving.request_checks import check_inputs
 
 RPC_TIMEOUT = 30.0
 
@@ -207,10 +208,7 @@ LIMITS = contract.Limits(vocab_size=257, max_positions=96, eos_token_id=EOS, pad
 
 def _generate_inputs(**changes):
     ids, mask = left_pad([[1, 2, 3]], 4)
-    inputs = {"input_ids": ids, "attention_mask": mask}
-    for parameter in contract.PARAMETERS.values():
-        inputs[parameter.name] = np.asarray(parameter.default, parameter.spec.np_dtype)
-    inputs["max_new_tokens"] = np.asarray(8, np.int32)
+    inputs = {"input_ids": ids, "attention_mask": mask, **contract.setting_inputs({"max_new_tokens": 8})}
     inputs.update(changes)
     return inputs
 
@@ -229,7 +227,8 @@ BAD_INPUTS = [
         "has dtype DT_FLOAT; signature 'generate' expects DT_INT32",
     ),
     ("wrong rank", lambda i: {**i, "input_ids": i["input_ids"][0]}, "input 'input_ids' has shape [4]"),
-    ("scalar as vector", lambda i: {**i, "top_k": np.array([1, 2], np.int32)}, "input 'top_k' has shape [2]"),
+    ("a value per row", lambda i: {**i, "top_k": np.array([1, 2], np.int32)}, "'top_k' has shape [2]; expected [1]"),
+    ("scalar setting", lambda i: {**i, "top_k": np.int32(1)}, "input 'top_k' has shape []; signature 'generate'"),
     ("mask shape", lambda i: {**i, "attention_mask": np.ones((1, 3), np.int32)}, "must equal input_ids' shape [1, 4]"),
     (
         "id out of vocab",
@@ -240,23 +239,23 @@ BAD_INPUTS = [
     ("mask values", lambda i: {**i, "attention_mask": np.array([[0, 2, 1, 1]], np.int32)}, "masks hold only 0 and 1"),
     (
         "max_new_tokens 0",
-        lambda i: {**i, "max_new_tokens": np.int32(0)},
+        lambda i: {**i, "max_new_tokens": np.int32([0])},
         "max_new_tokens=0 is out of range; expected a value in [1, 16]",
     ),
     (
         "max_new_tokens over cap",
-        lambda i: {**i, "max_new_tokens": np.int32(CAP + 1)},
+        lambda i: {**i, "max_new_tokens": np.int32([CAP + 1])},
         "max_new_tokens=17 is out of range",
     ),
-    ("temperature", lambda i: {**i, "temperature": np.float32(-1)}, "temperature=-1 is out of range"),
-    ("top_p", lambda i: {**i, "top_p": np.float32(1.5)}, "top_p=1.5 is out of range; expected a value in (0, 1]"),
-    ("top_k", lambda i: {**i, "top_k": np.int32(300)}, "top_k=300 is out of range"),
+    ("temperature", lambda i: {**i, "temperature": np.float32([-1])}, "temperature=-1 is out of range"),
+    ("top_p", lambda i: {**i, "top_p": np.float32([1.5])}, "top_p=1.5 is out of range; expected a value in (0, 1]"),
+    ("top_k", lambda i: {**i, "top_k": np.int32([300])}, "top_k=300 is out of range"),
     (
         "repetition_penalty",
-        lambda i: {**i, "repetition_penalty": np.float32(0)},
+        lambda i: {**i, "repetition_penalty": np.float32([0])},
         "repetition_penalty=0 is out of range",
     ),
-    ("nan", lambda i: {**i, "temperature": np.float32("nan")}, "temperature=nan is out of range"),
+    ("nan", lambda i: {**i, "temperature": np.float32(["nan"])}, "temperature=nan is out of range"),
 ]
 
 
@@ -264,15 +263,15 @@ BAD_INPUTS = [
 def test_contract_names_the_problem(case):
     _, change, message = case
     with pytest.raises(contract.ContractError) as err:
-        contract.check_inputs(contract.GENERATE, change(_generate_inputs()), LIMITS)
+        check_inputs(contract.GENERATE, change(_generate_inputs()), LIMITS)
     assert message in str(err.value)
 
 
 def test_contract_accepts_a_good_request_and_checks_positions():
-    contract.check_inputs(contract.GENERATE, _generate_inputs(), LIMITS)
+    check_inputs(contract.GENERATE, _generate_inputs(), LIMITS)
     ids, mask = left_pad([[1] * 90])
     with pytest.raises(contract.ContractError, match="exceeds the model's 96 positions"):
-        contract.check_inputs(contract.GENERATE, _generate_inputs(input_ids=ids, attention_mask=mask), LIMITS)
+        check_inputs(contract.GENERATE, _generate_inputs(input_ids=ids, attention_mask=mask), LIMITS)
 
 
 def test_client_pads_prompts_as_model_generate_does():
@@ -287,23 +286,26 @@ def test_client_pads_prompts_as_model_generate_does():
 
 
 class _FakeServable:
-    """Rows in, rows out: each output row is its input row + 1000 * (rows in that run)."""
+    """Each row's answer: its last prompt token + 1, max_new_tokens times (the run's widest)."""
 
     version = 1
+    limits = LIMITS
 
     def __init__(self):
-        self.batch_sizes = []
+        self.runs = []  # (rows, prompt width) of each run
         self.lock = threading.Lock()
 
     def run(self, name, inputs):
         time.sleep(0.01)
+        ids, new = inputs["input_ids"], inputs["max_new_tokens"]
         with self.lock:
-            self.batch_sizes.append(len(inputs["input_ids"]))
-        ids = inputs["input_ids"]
-        return {"sequences": ids + 1, "lengths": np.full(len(ids), len(ids), np.int32)}
+            self.runs.append(ids.shape)
+        assert new.shape == (len(ids),), "settings reach the graph one per row"
+        sequences = np.repeat(ids[:, -1:] + 1, new.max(), axis=1)
+        return {"sequences": sequences, "lengths": new.copy()}
 
 
-def test_batcher_merges_equal_greedy_requests_and_runs_sampled_ones_alone():
+def test_batcher_merges_requests_whatever_their_settings_and_lengths():
     from tfdialogpt.serving.batching import Batcher, _Task, batch_key
 
     servable = _FakeServable()
@@ -311,18 +313,19 @@ def test_batcher_merges_equal_greedy_requests_and_runs_sampled_ones_alone():
     try:
         tasks = []
         for i in range(8):
-            inputs = _generate_inputs(input_ids=np.array([[i, i, i, i]], np.int32))
-            if i >= 6:
-                inputs["do_sample"] = np.asarray(True)  # sampled: alone
+            ids, mask = left_pad([[i + 1] * (3 + i)])  # widths 3 .. 10: one bucket (16)
+            settings = {"max_new_tokens": 2 + i, "do_sample": i % 2 == 1, "seed": i, "top_k": i}
+            inputs = {"input_ids": ids, "attention_mask": mask, **contract.setting_inputs(settings)}
             tasks.append(_Task(servable, "generate", inputs, batch_key(servable, contract.GENERATE, inputs), 1))
         futures = [batcher.submit(task) for task in tasks]
         results = [f.result(timeout=RPC_TIMEOUT) for f in futures]
     finally:
         batcher.stop()
     for i, result in enumerate(results):
-        assert result["sequences"].tolist() == [[i + 1] * 4], "each request gets its own rows back"
-    # Six equal greedy requests share runs of at most 4 rows; the two sampled ones run alone.
-    assert sorted(servable.batch_sizes) == [1, 1, 2, 4]
+        assert result["sequences"].tolist() == [[i + 2] * (2 + i)], "its own rows and max_new_tokens columns"
+        assert result["lengths"].tolist() == [2 + i]
+    # Greedy and sampled, short and long: runs of 4 rows, every prompt padded to the bucket.
+    assert servable.runs == [(4, 16), (4, 16)]
 
 
 # ---- end to end through a server subprocess ---------------------------------------------------
@@ -383,13 +386,14 @@ def _request(ids, mask, signature="generate", max_new_tokens=10, name=MODEL_NAME
     request = apis().predict_pb2.PredictRequest()
     request.model_spec.name = name
     request.model_spec.signature_name = signature
-    values = {
-        "input_ids": ids,
-        "attention_mask": mask,
-        **{p.name: np.asarray(p.default, p.spec.np_dtype) for p in contract.PARAMETERS.values()},
-    }
-    values["max_new_tokens"] = np.int32(max_new_tokens)
-    values.update(changes)
+    values = {"input_ids": ids, "attention_mask": mask}
+    values.update(contract.setting_inputs({"max_new_tokens": max_new_tokens}, len(ids)))  # one per row
+    for key, value in changes.items():  # a number is widened to one per row; an array is sent as it is
+        if isinstance(value, np.generic):  # before the numbers: np.float64 is a float
+            value = np.atleast_1d(value)
+        elif isinstance(value, (bool, int, float)):
+            value = np.full(len(ids), value, contract.PARAMETERS[key].spec.np_dtype)
+        values[key] = value
     for key, value in values.items():
         if value is not None:
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
@@ -500,23 +504,65 @@ def test_metadata_and_status(server):
         assert client.status() == {1: ("AVAILABLE", "")}
 
 
+def _batch_rows(server, signature):
+    """(runs, rows) of a signature so far, from the server's Prometheus metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(server.rest_url + "/monitoring/prometheus/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        for suffix in ("_count", "_sum"):
+            if line.startswith(f"tfdialogpt_batch_rows{suffix}{{") and f'signature="{signature}"' in line:
+                values[suffix] = float(line.rsplit(" ", 1)[1])
+    return values.get("_count", 0.0), values.get("_sum", 0.0)
+
+
 def test_eight_concurrent_clients_get_the_single_client_answers(server):
-    prompts = [PROMPTS[i % len(PROMPTS)] + [10 + i, EOS] for i in range(16)]
+    """Mixed prompt lengths, greedy and seeded sampling, different max_new_tokens: merged into
+    shared runs, every answer equals the same request sent alone."""
+    prompts = [PROMPTS[i % len(PROMPTS)] * (1 + i % 3) + [10 + i, EOS] for i in range(16)]
+    settings = [
+        {"max_new_tokens": 4 + i % 7, **({"do_sample": True, "seed": 100 + i, "top_k": 30} if i % 2 else {})}
+        for i in range(16)
+    ]
     with _client(server) as client:
-        single = [client.generate([p], max_new_tokens=10).sequences[0].tolist() for p in prompts]
+        single = [client.generate([p], **s).sequences[0].tolist() for p, s in zip(prompts, settings, strict=True)]
+    runs_before, rows_before = _batch_rows(server, "generate")
 
     def worker(offset):
         with _client(server) as client:  # one channel per client, as separate processes would
             return [
-                (i, client.generate([prompts[i]], max_new_tokens=10).sequences[0].tolist())
-                for i in range(offset, 16, 8)
+                (i, client.generate([prompts[i]], **settings[i]).sequences[0].tolist()) for i in range(offset, 16, 8)
             ]
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = [pair for chunk in pool.map(worker, range(8), timeout=120) for pair in chunk]
     assert len(answers) == 16
     for i, sequence in answers:
-        assert sequence == single[i], f"prompt {i}"
+        assert sequence == single[i], f"prompt {i} ({settings[i]})"
+    runs, rows = (a - b for a, b in zip(_batch_rows(server, "generate"), (runs_before, rows_before), strict=True))
+    assert rows == 16 and runs < 16, f"concurrent requests must share runs ({runs:.0f} runs for 16 requests)"
+
+
+def test_odd_prompt_widths_and_row_counts_reuse_the_compiled_buckets(server, stub, models):
+    """A client cannot make generate_xla compile new shapes: the server pads prompts to the
+    buckets and rows to the allowed batch sizes, and the answers stay model.generate's."""
+
+    def ask(width, rows):
+        batch = [PROMPTS[(width + r) % len(PROMPTS)] for r in range(rows)]
+        ids, mask = left_pad(batch, width)
+        response = stub.Predict(_request(ids, mask, signature="generate_xla", max_new_tokens=6), timeout=RPC_TIMEOUT)
+        sequences, lengths = greedy_reference(models[1], batch, 6)
+        np.testing.assert_array_equal(to_ndarray(response.outputs["sequences"]), sequences, err_msg=f"width {width}")
+        np.testing.assert_array_equal(to_ndarray(response.outputs["lengths"]), lengths)
+
+    for rows in (1, 2, 4):  # the buckets the odd requests below fall into: compiled once here
+        ask(32, rows)
+    before = _rss_mb(server.process.pid)
+    for width, rows in ((17, 1), (19, 3), (23, 1), (29, 3), (31, 2), (20, 3), (18, 4), (25, 2), (27, 1), (21, 3)):
+        ask(width, rows)
+    grown = _rss_mb(server.process.pid) - before
+    assert grown < 50, f"RSS grew {grown:.0f} MB over 10 odd shapes in compiled buckets"
 
 
 BAD_REQUESTS = [
@@ -536,6 +582,12 @@ BAD_REQUESTS = [
         "'temperature' has dtype DT_DOUBLE",
     ),
     ("wrong shape", dict(top_k=np.zeros(3, np.int32)), grpc.StatusCode.INVALID_ARGUMENT, "input 'top_k' has shape [3]"),
+    (
+        "scalar setting",
+        dict(top_k=np.zeros((), np.int32)),  # a 0-d array is sent as it is
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'top_k' has shape []",
+    ),
     (
         "max_new_tokens",
         dict(max_new_tokens=CAP + 5),

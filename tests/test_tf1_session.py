@@ -31,7 +31,8 @@ def test_tf1_session_loader_runs_every_signature(shared_export, serving_models):
     ids, mask = left_pad(PROMPTS)
     sequences, lengths = greedy_reference(serving_models[0], PROMPTS, GREEDY["max_new_tokens"])
     for name in (contract.GENERATE_SIGNATURE, contract.GENERATE_XLA_SIGNATURE):
-        out, _ = run_in_session(path, name, dict(input_ids=ids, attention_mask=mask, **GREEDY))
+        per_row = {key: [value] * len(PROMPTS) for key, value in GREEDY.items()}  # one value per row
+        out, _ = run_in_session(path, name, dict(input_ids=ids, attention_mask=mask, **per_row))
         np.testing.assert_array_equal(out["sequences"], sequences, err_msg=name)
         np.testing.assert_array_equal(out["lengths"], lengths, err_msg=name)
     turns = np.array([[b"Hello", b""], [b"Hi there!", b"How are you?"]], object)

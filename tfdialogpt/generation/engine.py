@@ -101,6 +101,7 @@ def make_generate_fn(
     batch_size: int | None = None,
     prompt_length: int | None = None,
     jit_compile: bool = True,
+    per_row: bool = False,
 ):
     """Builds the generate function of `model` as a `tf.function`.
 
@@ -119,6 +120,11 @@ def make_generate_fn(
     loop is one XLA program; `False` gives the same loop as a plain graph (what TF Serving
     runs without its XLA flags).
 
+    `per_row=True` takes every run-time setting as a [B] tensor, one value per row (what the
+    served signatures take, so requests with different settings share a run): each row is
+    then decoded as if alone, with its own seed stream, `max_new_tokens` and greedy or sampled
+    choice. Beam search (`num_beams` > 1) takes scalars only.
+
     Example:
         >>> fn = make_generate_fn(model, max_new_tokens=64)  # doctest: +SKIP
         >>> out = fn(input_ids=ids, attention_mask=mask, **runtime_inputs(config))  # doctest: +SKIP
@@ -131,9 +137,13 @@ def make_generate_fn(
     N, K = int(max_new_tokens), int(num_beams)
     ngram = int(no_repeat_ngram_size)
     search = None if do_sample is None else bool(do_sample)  # the inner `do_sample` is the input
+    if per_row and K > 1:
+        raise ValueError("beam search takes scalar settings (per_row=False)")
     shape = [batch_size, prompt_length]
+    setting_shape = [batch_size] if per_row else []
     signature = [
-        tf.TensorSpec(shape if i < 2 else [], dtype, name=name) for i, (name, dtype) in enumerate(GENERATE_INPUTS)
+        tf.TensorSpec(shape if i < 2 else setting_shape, dtype, name=name)
+        for i, (name, dtype) in enumerate(GENERATE_INPUTS)
     ]
     names = tuple(name for name, _ in GENERATE_INPUTS)
 

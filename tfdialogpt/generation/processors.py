@@ -2,9 +2,11 @@
 
 Each takes the scores and, where it needs them, the token history, and returns new scores;
 none holds state, so the decode loop composes them in HF's order and the tests feed them
-hand-made logits. Every control (temperature, top_k, top_p, penalty, step, min_new_tokens) may
-be a Python number or a scalar tensor: inside a compiled graph they are runtime inputs, so one
-graph serves every setting. Only stock TF ops; all run with and without XLA.
+hand-made logits. Every control (temperature, top_k, top_p, penalty, min_new_tokens) may be a
+Python number, a scalar tensor, or a [B] tensor with one value per row (what the served
+signatures take, so requests with different settings share a run): inside a compiled graph
+they are runtime inputs, so one graph serves every setting. Only stock TF ops; all run with
+and without XLA.
 
 HF order, as in `transformers.GenerationMixin._get_logits_processor`: repetition penalty,
 no-repeat-ngram, min-new-tokens (these shape the scores for greedy and beam search too), then,
@@ -20,6 +22,12 @@ from __future__ import annotations
 import tensorflow as tf
 
 NEG_INF = float("-inf")
+
+
+def per_row(value, dtype) -> tf.Tensor:
+    """A control as a column that broadcasts over [B, V] scores: [1, 1] for a scalar, [B, 1]
+    for one value per row."""
+    return tf.reshape(tf.cast(value, dtype), [-1, 1])
 
 
 def _presence(token_ids: tf.Tensor, token_mask: tf.Tensor, vocab_size: int) -> tf.Tensor:
@@ -45,11 +53,11 @@ def repetition_penalty(scores, token_ids, token_mask, penalty):
         scores: [B, V] float32 logits (or log-probabilities, in beam search).
         token_ids: [B, S] int history (prompt and tokens generated so far).
         token_mask: [B, S] 1 where `token_ids` holds a real token.
-        penalty: float > 0.
+        penalty: float > 0, a scalar or one per row [B].
     Returns:
         [B, V] scores.
     """
-    penalty = tf.cast(penalty, scores.dtype)
+    penalty = per_row(penalty, scores.dtype)
     seen = _presence(token_ids, token_mask, scores.shape[-1] or tf.shape(scores)[-1])
     penalized = tf.where(scores < 0, scores * penalty, scores / penalty)
     return tf.where(seen, penalized, scores)
@@ -105,16 +113,18 @@ def no_repeat_ngram(scores, token_ids, token_mask, ngram_size: int):
 def min_new_tokens(scores, step, min_new, eos_token_id: int):
     """Forbids EOS (-inf) while fewer than `min_new` tokens have been generated.
 
-    HF's `MinNewTokensLengthLogitsProcessor`; `step` counts the tokens generated so far.
+    HF's `MinNewTokensLengthLogitsProcessor`; `step` counts the tokens generated so far;
+    `min_new` is a scalar or one per row [B].
     """
     vocab = tf.range(tf.shape(scores)[-1])
-    block = tf.logical_and(tf.equal(vocab, eos_token_id), tf.cast(step, tf.int32) < tf.cast(min_new, tf.int32))
-    return tf.where(block[None, :], tf.constant(NEG_INF, scores.dtype), scores)
+    early = tf.cast(step, tf.int32) < per_row(min_new, tf.int32)  # [1 or B, 1]
+    block = tf.logical_and(tf.equal(vocab, eos_token_id)[None, :], early)
+    return tf.where(block, tf.constant(NEG_INF, scores.dtype), scores)
 
 
 def temperature(scores, value):
     """Divides the logits by `value` (> 0): below 1 sharpens, above 1 flattens."""
-    return scores / tf.cast(value, scores.dtype)
+    return scores / per_row(value, scores.dtype)
 
 
 def top_k(scores, k, min_tokens_to_keep: int = 1):
@@ -123,11 +133,11 @@ def top_k(scores, k, min_tokens_to_keep: int = 1):
     HF's `TopKLogitsWarper`; `k` 0 disables it. `k` may be a runtime scalar, so the k-th value
     is read from a full sort rather than from `tf.math.top_k` (which needs a constant k).
     """
-    k = tf.cast(k, tf.int32)
-    V = tf.shape(scores)[-1]
+    k = per_row(k, tf.int32)  # [1 or B, 1]
+    B, V = tf.shape(scores)[0], tf.shape(scores)[-1]
     kept = tf.clip_by_value(tf.maximum(k, min_tokens_to_keep), 1, V)
     descending = tf.sort(scores, axis=-1, direction="DESCENDING")
-    kth = tf.gather(descending, kept - 1, axis=-1)[:, None]  # [B, 1]
+    kth = tf.gather(descending, tf.broadcast_to(kept - 1, [B, 1]), batch_dims=1)  # [B, 1]
     filtered = tf.where(scores < kth, tf.constant(NEG_INF, scores.dtype), scores)
     return tf.where(k > 0, filtered, scores)
 
@@ -141,7 +151,7 @@ def top_p(scores, p, min_tokens_to_keep: int = 1):
     suffix of the sorted order, so it is applied as a threshold on the smallest kept score
     (a token tied with that score is kept too).
     """
-    p = tf.cast(p, scores.dtype)
+    p = per_row(p, scores.dtype)  # [1 or B, 1]
     V = tf.shape(scores)[-1]
     ascending = tf.sort(scores, axis=-1, direction="ASCENDING")
     cumulative = tf.cumsum(tf.nn.softmax(ascending, axis=-1), axis=-1)

@@ -29,10 +29,13 @@ def _default(name: str):
 
 @dataclasses.dataclass
 class SamplingParams:
-    """The run-time controls of one decode, each a scalar (Python number or tensor); their
-    meanings and defaults are `GenerationConfig`'s (`seed` 0 here: the loop needs a value).
+    """The run-time controls of one decode, each a scalar (Python number or tensor) or a [B]
+    tensor with one value per row; their meanings and defaults are `GenerationConfig`'s
+    (`seed` 0 here: the loop needs a value).
 
-    In a compiled graph they are inputs, so changing one never retraces.
+    In a compiled graph they are inputs, so changing one never retraces. Per-row controls let
+    rows with different settings share one run, each decoded as if alone (its own seed stream,
+    its own `max_new_tokens`; greedy and sampled rows side by side).
     """
 
     max_new_tokens: tf.Tensor | int  # stop after this many steps (<= the buffer's N)
@@ -63,12 +66,28 @@ def gumbel_sample(scores: tf.Tensor, seed: tf.Tensor, step: tf.Tensor) -> tf.Ten
 
     argmax(scores + Gumbel noise) is an exact sample; a -inf score is never drawn. The noise
     comes from a stateless Philox stream keyed by (seed, step), so a run is reproducible.
+    `seed` is a scalar (one stream for the whole [B, V] batch) or one per row [B]: then row b
+    draws from its own stream (seed[b], step), so its tokens do not depend on the other rows
+    of the batch. Row 0 of a scalar seed and a one-row batch seeded alike draw the same noise.
     """
-    seed_pair = tf.stack([tf.cast(seed, tf.int32), tf.cast(step, tf.int32)])
-    uniform = tf.random.stateless_uniform(
-        tf.shape(scores), seed=seed_pair, minval=1e-20, maxval=1.0, dtype=scores.dtype, alg="philox"
-    )
-    gumbel = -tf.math.log(-tf.math.log(uniform))
+    shape = tf.shape(scores)
+    seed = tf.cast(seed, tf.int32)
+    step = tf.cast(step, tf.int32)
+
+    def uniform(row_shape, row_seed):
+        return tf.random.stateless_uniform(
+            row_shape, seed=tf.stack([row_seed, step]), minval=1e-20, maxval=1.0, dtype=scores.dtype, alg="philox"
+        )
+
+    if seed.shape.rank == 0:
+        noise = uniform(shape, seed)
+    else:
+        noise = tf.map_fn(
+            lambda row_seed: uniform(shape[1:], row_seed),
+            tf.broadcast_to(seed, shape[:1]),
+            fn_output_signature=tf.TensorSpec(scores.shape[1:], scores.dtype),
+        )
+    gumbel = -tf.math.log(-tf.math.log(noise))
     return first_argmax(scores + gumbel)
 
 
@@ -94,11 +113,16 @@ def sample_scores(scores, params: SamplingParams):
 
 
 def choose_tokens(scores, step, params: SamplingParams, do_sample) -> tf.Tensor:
-    """argmax (greedy) or a seeded sample from the warped scores (`do_sample`, a Python bool:
-    the greedy graph holds no sampling code at all)."""
-    if do_sample:
-        return gumbel_sample(sample_scores(scores, params), params.seed, step)
-    return first_argmax(scores)
+    """argmax (greedy) or a seeded sample from the warped scores. `do_sample` is a Python bool
+    (the greedy graph holds no sampling code at all) or, in the sampling loop, True to follow
+    `params.do_sample` per row: a row with it false takes the argmax of the same scores."""
+    if not do_sample:
+        return first_argmax(scores)
+    sampled = gumbel_sample(sample_scores(scores, params), params.seed, step)
+    per_row_choice = tf.cast(params.do_sample, tf.bool)
+    if isinstance(params.do_sample, bool) or per_row_choice.shape.rank == 0:
+        return sampled
+    return tf.where(per_row_choice, sampled, first_argmax(scores))
 
 
 def decode(
@@ -128,7 +152,8 @@ def decode(
         eos_token_id / pad_token_id: a row ends when it emits EOS; later positions hold pad.
         no_repeat_ngram_size: static (it shapes the graph); 0 = off.
         do_sample: True / False fixes the search when the graph is built; None (default)
-            follows `params.do_sample` at run time (both loops are compiled, one runs).
+            follows `params.do_sample` at run time (both loops are compiled, one runs: the
+            sampling loop when any row samples, and it decodes its greedy rows by argmax).
     Returns:
         (sequences [B, N] int32, lengths [B] int32): the new tokens, EOS included, and how many
         each row produced.
@@ -160,11 +185,13 @@ def decode(
                 do_sample=sample,
             )
 
-        return tf.cond(tf.cast(params.do_sample, tf.bool), run(True), run(False))
+        return tf.cond(tf.reduce_any(tf.cast(params.do_sample, tf.bool)), run(True), run(False))
     prompt_ids = tf.cast(prompt_ids, tf.int32)
     B, T = tf.shape(prompt_ids)[0], tf.shape(prompt_ids)[1]
     N = int(max_new_tokens)
-    limit = tf.minimum(tf.cast(params.max_new_tokens, tf.int32), N)
+    # Steps per row (a scalar, or one per row [B]); the loop runs for the longest.
+    row_limit = tf.minimum(tf.cast(params.max_new_tokens, tf.int32), N)
+    limit = tf.reduce_max(row_limit)
     # The history buffer: prompt, then N slots for new tokens (pad until written).
     history = tf.concat([prompt_ids, tf.fill([B, N], pad_token_id)], axis=1)
     history_mask = tf.concat([tf.cast(prompt_mask, tf.int32), tf.zeros([B, N], tf.int32)], axis=1)
@@ -181,6 +208,7 @@ def decode(
             no_repeat_ngram_size=no_repeat_ngram_size,
         )
         tokens = choose_tokens(scores, step, params, do_sample)
+        finished = tf.logical_or(finished, step >= row_limit)  # a row at its own max_new_tokens
         tokens = tf.where(finished, pad_token_id, tokens)
         here = tf.equal(columns, T + step)  # [1, T + N]: this step's column
         history = tf.where(here, tokens[:, None], history)

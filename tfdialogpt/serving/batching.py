@@ -1,10 +1,12 @@
-"""Our request batcher: a queue served by worker threads that merges compatible requests.
+"""Our request batcher: a queue served by worker threads that merges concurrent requests.
 
-Requests that can share a run (same version, signature, prompt length and parameters, and
-deterministic: greedy generate or score; see `batch_key`) are concatenated along the batch axis
-up to `max_batch_size` rows, run once, and split again. Sampled requests run alone, so a seed
-gives the same tokens whatever else is in flight. A full queue answers RESOURCE_EXHAUSTED; no
-request is dropped silently.
+Requests to the same signature of the same version share a run, whatever their settings and
+prompt lengths (`merging.py` re-pads them to a shared bucket; every setting is one value per
+row, so each row decodes as if alone, sampled rows from their own seeds), up to
+`max_batch_size` rows; the run's outputs are split back into each request's answer. Prompts
+are padded to the buckets and, for XLA signatures, rows to a power of two, so no client can
+make the server compile a new shape. A full queue answers RESOURCE_EXHAUSTED; no request is
+dropped silently.
 
 Example:
     >>> batcher = Batcher(max_batch_size=8, batch_timeout=0.002)  # doctest: +SKIP
@@ -19,11 +21,12 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tfdialogpt.serving import merging
 from tfdialogpt.serving import signatures as contract
 from tfdialogpt.serving.errors import ResourceExhaustedError, ServerUnavailableError, ServingError
 
@@ -42,15 +45,11 @@ class _Task:
 
 
 def batch_key(servable: Servable, sig: contract.Signature, inputs: Mapping[str, np.ndarray]) -> tuple | None:
-    """Requests with the same key can be concatenated along the batch axis and split after."""
-    if sig.name not in contract.SIGNATURES or "input_ids" not in inputs:
-        return None  # chat requests run alone for now: merging would re-pad a row's prompt
-    scalars = tuple(
-        (name, inputs[name].tobytes()) for name in sig.input_names if inputs[name].ndim == 0 and name != "seed"
-    )
-    if sig.name != contract.SCORE_SIGNATURE and bool(inputs["do_sample"]):
-        return None  # sampling: a row's draws depend on the batch shape, so run it alone
-    return (servable.version, id(servable), sig.name, inputs["input_ids"].shape[1], scalars)
+    """Requests with the same key share a run: the same signature of the same loaded version.
+    A signature outside the contract (a foreign export's) runs alone, as it came."""
+    if contract.SIGNATURES.get(sig.name) is not sig:
+        return None
+    return (servable.version, id(servable), sig.name)
 
 
 class Batcher:
@@ -61,6 +60,9 @@ class Batcher:
         batch_timeout: seconds the first request of a run waits for company.
         num_threads: runs in parallel.
         max_queued: requests waiting at most; more get RESOURCE_EXHAUSTED.
+        allowed_batch_sizes: the row counts XLA signatures run with (TF Serving's option of the
+            same name; increasing, the last one `max_batch_size`); a run is padded up to the
+            next one. Empty: powers of two.
         on_run: called with (servable, signature, rows) before each run (for the metrics).
     """
 
@@ -70,9 +72,11 @@ class Batcher:
         batch_timeout: float = 0.002,
         num_threads: int = 2,
         max_queued: int = 1024,
+        allowed_batch_sizes: Sequence[int] = (),
         on_run: Callable[[Servable, str, int], None] | None = None,
     ):
         self.max_batch_size, self.batch_timeout, self.max_queued = max_batch_size, batch_timeout, max_queued
+        self.allowed_batch_sizes = merging.check_allowed_batch_sizes(allowed_batch_sizes, max_batch_size)
         self._on_run = on_run
         self._queue: collections.deque[_Task] = collections.deque()
         self._cond = threading.Condition()
@@ -139,31 +143,41 @@ class Batcher:
         first = batch[0]
         if self._on_run is not None:
             self._on_run(first.servable, first.signature, sum(task.rows for task in batch))
-        if len(batch) == 1:
-            try:
-                first.future.set_result(first.servable.run(first.signature, first.inputs))
-            except ServingError as err:
-                first.future.set_exception(err)
+        if first.key is None:
+            self._run_alone(first)
             return
-        merged = {
-            name: value if value.ndim == 0 else np.concatenate([t.inputs[name] for t in batch])
-            for name, value in first.inputs.items()
-        }
         try:
-            outputs = first.servable.run(first.signature, merged)
-        except ServingError:
+            run = merging.merge(
+                first.signature,
+                [task.inputs for task in batch],
+                first.servable.limits,
+                pad_rows=contract.signature(first.signature).jit_compile,
+                allowed_batch_sizes=self.allowed_batch_sizes,
+            )
+            answers = run.split(first.servable.run(first.signature, run.inputs))
+        except ServingError as err:
+            if len(batch) == 1:
+                first.future.set_exception(err)
+                return
             for task in batch:  # one bad request must not fail the others: run each alone
-                try:
-                    task.future.set_result(task.servable.run(task.signature, task.inputs))
-                except ServingError as err:
-                    task.future.set_exception(err)
+                self._run_alone(task)
             return
-        self.runs += 1
-        self.merged_requests += len(batch)
-        start = 0
-        for task in batch:
-            task.future.set_result({k: v[start : start + task.rows] for k, v in outputs.items()})
-            start += task.rows
+        if len(batch) > 1:
+            self.runs += 1
+            self.merged_requests += len(batch)
+        for task, answer in zip(batch, answers, strict=True):
+            task.future.set_result(answer)
+
+    @staticmethod
+    def _run_alone(task: _Task) -> None:
+        try:
+            if task.key is None:
+                task.future.set_result(task.servable.run(task.signature, task.inputs))
+            else:
+                run = merging.merge(task.signature, [task.inputs], task.servable.limits)
+                task.future.set_result(run.split(task.servable.run(task.signature, run.inputs))[0])
+        except ServingError as err:
+            task.future.set_exception(err)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finishes what is queued, then stops the workers."""

@@ -274,9 +274,9 @@ class Client:
         """
         config = _served_config((config or GenerationConfig()).replace(**settings) if settings else config)
         ids, mask = self._prompt_batch(input_ids, attention_mask, config.max_new_tokens)
+        # One value per row: TF Serving's batcher concatenates every input along the rows.
         inputs = {"input_ids": ids, "attention_mask": mask}
-        for name, parameter in contract.PARAMETERS.items():
-            inputs[name] = np.asarray(getattr(config, name), parameter.spec.np_dtype)
+        inputs.update(contract.setting_inputs({name: getattr(config, name) for name in contract.PARAMETERS}, len(ids)))
         outputs, spec = self.predict(signature or self.signature, inputs, timeout)
         return Generation(outputs["sequences"], outputs["lengths"], spec)
 
@@ -344,13 +344,14 @@ class Client:
         sent = contract.PARAMETERS if config is not None else settings
         if "do_sample" in sent and "seed" not in sent:
             sent = {**sent, "seed": None}  # sampled with a fresh seed, as `generate` does
-        width = max(len(row) for row in rows)
+        # A bucketed slot count, so requests share shapes (TF Serving's batcher needs them equal).
+        width = padding.round_up(max(len(row) for row in rows), contract.TURN_SLOT_BUCKETS)
         turns = np.full((len(rows), width), "", object)  # sent as UTF-8 by `to_tensor_proto`
         for i, row in enumerate(rows):
             turns[i, : len(row)] = row
         inputs = {"turns": turns}
-        for name in sent:
-            inputs[name] = np.asarray(getattr(full, name), contract.PARAMETERS[name].spec.np_dtype)
+        every = contract.setting_inputs({name: getattr(full, name) for name in contract.PARAMETERS}, len(rows))
+        inputs.update({name: every[name] for name in sent})  # one value per row
         outputs, _ = self.predict(self.chat_signature, inputs, timeout)
         return [reply.decode("utf-8") for reply in outputs["reply"].tolist()]
 

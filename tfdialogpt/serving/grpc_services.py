@@ -100,7 +100,8 @@ class ModelServer:
         host, port: where to listen; port 0 picks a free one (see `.port` after `start()`).
         poll_interval: seconds between scans of the base path for new versions.
         num_versions: newest versions served at once.
-        max_batch_size, batch_timeout, num_batch_threads, max_queued: see `Batcher`.
+        max_batch_size, batch_timeout, num_batch_threads, max_queued, allowed_batch_sizes:
+            see `Batcher`.
         warmup: run each version's warmup records before serving it.
         rest_port, rest_options: TF Serving's REST API on this port (0 picks a free one; None:
             off), with `rest_api.RestServer`'s options.
@@ -124,6 +125,7 @@ class ModelServer:
         batch_timeout: float = 0.002,
         num_batch_threads: int = 2,
         max_queued: int = 1024,
+        allowed_batch_sizes: Sequence[int] = (),
         max_workers: int = 64,
         warmup: bool = True,
         models: Sequence[ModelVersions] = (),
@@ -148,6 +150,7 @@ class ModelServer:
             batch_timeout,
             num_batch_threads,
             max_queued,
+            allowed_batch_sizes=allowed_batch_sizes,
             on_run=lambda servable, signature, rows: self.metrics.record_run(servable.model_name, signature, rows),
         )
         self.rest = None

@@ -34,6 +34,7 @@ import numpy as np
 from tfdialogpt.serving import signatures as contract
 from tfdialogpt.serving.errors import InvalidRequestError, ModelNotFoundError, ServingError
 from tfdialogpt.serving.protos import apis, to_ndarray
+from tfdialogpt.serving.request_checks import check_inputs
 
 log = logging.getLogger("tfdialogpt.serving")
 
@@ -137,7 +138,7 @@ class Servable:
         inputs.update(self._with_defaults(name, inputs))
         sig = self.signatures[name]
         try:
-            contract.check_inputs(sig, inputs, self.limits)
+            check_inputs(sig, inputs, self.limits)
         except contract.ContractError as err:
             raise InvalidRequestError(str(err)) from None
         return sig

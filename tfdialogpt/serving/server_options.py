@@ -56,13 +56,16 @@ def read_model_config(path: str, warmup: bool = True) -> list[ModelVersions]:
 _BATCHING_KEYS = ("max_batch_size", "batch_timeout_micros", "num_batch_threads", "max_enqueued_batches")
 
 
-def read_batching_parameters(path: str) -> dict[str, int]:
-    """The `name { value: N }` entries of a TF Serving batching parameters file we use."""
+def read_batching_parameters(path: str) -> dict:
+    """The entries of a TF Serving batching parameters file (text `BatchingParameters`) we use:
+    `name { value: N }` for the keys above, `allowed_batch_sizes: N` (repeated) and
+    `pad_variable_length_inputs: false` (our prompts are left-padded: padding on the right, as
+    TF Serving pads, would break them)."""
     import re
 
     with open(path, encoding="utf-8") as f:
         text = "\n".join(line.split("#", 1)[0] for line in f)
-    values = {}
+    values: dict = {}
     for key, body in re.findall(r"(\w+)\s*\{([^}]*)\}", text):
         number = re.fullmatch(r"\s*value\s*:\s*(\d+)\s*", body)
         if key not in _BATCHING_KEYS or number is None:
@@ -70,6 +73,19 @@ def read_batching_parameters(path: str) -> dict[str, int]:
                 f"{path}: cannot use {key} {{{body.strip()}}}; expected one of {', '.join(_BATCHING_KEYS)} with a value"
             )
         values[key] = int(number.group(1))
+    rest = re.sub(r"(\w+)\s*\{([^}]*)\}", " ", text)
+    sizes = []
+    for key, value in re.findall(r"(\w+)\s*:\s*(\S+)", rest):
+        if key == "allowed_batch_sizes" and value.isdigit():
+            sizes.append(int(value))
+        elif key == "pad_variable_length_inputs" and value == "false":
+            values[key] = False
+        else:
+            raise ValueError(
+                f"{path}: cannot use {key}: {value}; expected allowed_batch_sizes: N or pad_variable_length_inputs: false"
+            )
+    if sizes:
+        values["allowed_batch_sizes"] = tuple(sizes)
     return values
 
 
@@ -156,6 +172,9 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
         args.num_batch_threads = batching.get("num_batch_threads", args.num_batch_threads)
         if "max_enqueued_batches" in batching:
             args.max_queued = batching["max_enqueued_batches"] * args.max_batch_size
+        allowed_batch_sizes = batching.get("allowed_batch_sizes", ())
+    else:
+        allowed_batch_sizes = ()
     models = read_model_config(args.model_config_file, not args.no_warmup) if args.model_config_file else ()
     return ModelServer(
         args.model_base_path,
@@ -168,6 +187,7 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
         batch_timeout=args.batch_timeout_ms / 1000.0,
         num_batch_threads=args.num_batch_threads,
         max_queued=args.max_queued,
+        allowed_batch_sizes=allowed_batch_sizes,
         warmup=not args.no_warmup,
         models=models,
         request_limits=RequestLimits(args.max_rows_per_request, args.max_values_per_input),

@@ -55,20 +55,46 @@ def _named(fn: Callable, names: Sequence[str], defaults: dict[str, tf.Tensor] | 
 
 
 def _default_generate_builder(model, max_new_tokens_cap: int, jit_compile: bool):
-    """The decoding loop of `tfdialogpt.generation` (the function `model.generate` compiles);
-    run-time settings the contract does not serve keep `GenerationConfig`'s defaults."""
+    """The decoding loop of `tfdialogpt.generation` (the function `model.generate` compiles),
+    with one value per row for every setting; run-time settings the contract does not serve
+    keep `GenerationConfig`'s defaults.
+
+    Under XLA a one-row request runs a function traced for one row, as in-process
+    `model.generate` does: the model then takes its one-row matmul path (`layers.Conv1D`),
+    which the batch-size-agnostic trace cannot see.
+    """
     from tfdialogpt.generation.engine import GENERATE_INPUTS, make_generate_fn
 
-    generate_fn = make_generate_fn(model, max_new_tokens=max_new_tokens_cap, jit_compile=jit_compile)
+    def build(batch_size):
+        return make_generate_fn(
+            model, max_new_tokens=max_new_tokens_cap, jit_compile=jit_compile, per_row=True, batch_size=batch_size
+        )
+
+    any_rows = build(None)
+    one_row = build(1) if jit_compile else None
     fixed = {
-        name: tf.constant(SETTINGS[name].wire_default, dtype)
-        for name, dtype in GENERATE_INPUTS[2:]
-        if name not in contract.PARAMETERS
+        name: (SETTINGS[name].wire_default, dtype) for name, dtype in GENERATE_INPUTS[2:] if name not in contract.PARAMETERS
     }
 
     def decode(input_ids, attention_mask, **settings):
-        out = generate_fn(input_ids=input_ids, attention_mask=attention_mask, **settings, **fixed)
-        return out["sequences"], out["lengths"]
+        rows = tf.shape(input_ids)[:1]
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, **settings)
+        inputs.update({name: tf.fill(rows, tf.constant(value, dtype)) for name, (value, dtype) in fixed.items()})
+
+        def run(fn, batch_size):
+            def call():
+                shaped = {
+                    key: tf.ensure_shape(value, [batch_size] + [None] * (value.shape.rank - 1))
+                    for key, value in inputs.items()
+                }
+                out = fn(**shaped)
+                return tf.ensure_shape(out["sequences"], [None, None]), tf.ensure_shape(out["lengths"], [None])
+
+            return call
+
+        if one_row is None:
+            return run(any_rows, None)()
+        return tf.cond(rows[0] == 1, run(one_row, 1), run(any_rows, None))
 
     return decode
 
@@ -83,7 +109,23 @@ def _range_check(name: str, value, setting, high) -> tf.Operation | None:
         ok &= value > low if setting.low_open else value >= low
     if high is not None:
         ok &= value < high if setting.high_open else value <= high
-    return tf.debugging.Assert(ok, [f"{name} must be in {setting.range_text(high)}, got", value])
+    return tf.debugging.Assert(tf.reduce_all(ok), [f"{name} must be in {setting.range_text(high)}, got", value])
+
+
+def _per_row_settings(settings: dict[str, tf.Tensor], rows: tf.Tensor) -> tuple[dict[str, tf.Tensor], list]:
+    """Each setting ([B] or [1], one for all rows) broadcast to [B], with checks that say so."""
+    checks, out = [], {}
+    for name, value in settings.items():
+        size = tf.size(value)
+        checks.append(
+            tf.debugging.Assert(
+                tf.logical_or(size == rows, size == 1),
+                [f"{name} must hold one value per row or one for all rows; rows and values:", rows, size],
+            )
+        )
+        with tf.control_dependencies(checks[-1:]):
+            out[name] = tf.broadcast_to(tf.reshape(value, [-1]), [rows])
+    return out, checks
 
 
 def _settings_checks(limits: contract.Limits, settings) -> list:
@@ -110,7 +152,7 @@ def _left_pad_to_bucket(ids: tf.RaggedTensor, max_new_tokens: tf.Tensor, limits:
     lengths = tf.cast(ids.row_lengths(), tf.int32)  # [B]
     longest = tf.reduce_max(lengths)
     positions = limits.max_positions
-    new = tf.minimum(_round_up(max_new_tokens, NEW_TOKEN_BUCKETS), positions - longest)
+    new = tf.minimum(_round_up(tf.reduce_max(max_new_tokens), NEW_TOKEN_BUCKETS), positions - longest)
     width = tf.minimum(_round_up(longest, PROMPT_BUCKETS), positions - new)
     dense = ids.to_tensor(default_value=limits.pad_token_id)  # right-padded [B, longest]
     source = tf.range(width)[tf.newaxis, :] - (width - lengths)[:, tf.newaxis]  # [B, W], < longest
@@ -137,10 +179,10 @@ def _generate_checks(limits: contract.Limits, input_ids, attention_mask, setting
             ["attention_mask's last column must be 1: prompts must be left-padded"],
         ),
         assert_(
-            length + settings["max_new_tokens"] <= limits.max_positions,
+            tf.reduce_all(tf.reduce_sum(attention_mask, axis=1) + settings["max_new_tokens"] <= limits.max_positions),
             [
-                f"prompt length + max_new_tokens must be at most {limits.max_positions}, got",
-                length,
+                f"each row's prompt tokens + max_new_tokens must be at most {limits.max_positions}, got",
+                tf.reduce_sum(attention_mask, axis=1),
                 settings["max_new_tokens"],
             ],
         ),
@@ -187,8 +229,8 @@ class ServingModule(tf.Module):
         if include_xla:
             decoders[True] = make_generate(model, limits.max_new_tokens_cap, True)
         self._decoders = decoders
-        defaults = {
-            name: tf.constant(chat_defaults[name], tf.as_dtype(parameter.spec.np_dtype))
+        defaults = {  # [1]: one value for every row of a request
+            name: tf.constant([chat_defaults[name]], tf.as_dtype(parameter.spec.np_dtype))
             for name, parameter in contract.PARAMETERS.items()
         }
         self.functions = {}
@@ -200,14 +242,17 @@ class ServingModule(tf.Module):
         chat = self.functions[contract.CHAT_SIGNATURE]
         self.functions[contract.DEFAULT_SIGNATURE] = tf.function(
             lambda turns: chat(turns, **defaults), input_signature=_tf_signature(contract.CHAT_DEFAULT)
-        )
+        )  # the [1] defaults stand for every row
         self.score = tf.function(self._score, input_signature=_tf_signature(contract.SCORE))
 
     def _checked_decode(self, decode, input_ids, attention_mask, settings):
+        """`settings` are [B] here (see `_per_row_settings`)."""
         with tf.control_dependencies(_generate_checks(self.limits, input_ids, attention_mask, settings)):
             sequences, lengths = decode(input_ids, attention_mask, **settings)
-        # Exactly max_new_tokens columns, whatever buffer the decoder kept.
-        return tf.cast(sequences[:, : settings["max_new_tokens"]], tf.int32), tf.cast(lengths, tf.int32)
+        # As many columns as the largest max_new_tokens asks for, whatever buffer the decoder
+        # kept; a row with fewer holds the pad id after its own end (see `lengths`).
+        width = tf.reduce_max(settings["max_new_tokens"])
+        return tf.cast(sequences[:, :width], tf.int32), tf.cast(lengths, tf.int32)
 
     def _generate_function(self, decode):
         names = contract.GENERATE.input_names
@@ -215,6 +260,9 @@ class ServingModule(tf.Module):
         def generate(*inputs):
             values = dict(zip(names, inputs, strict=True))
             input_ids, attention_mask = values.pop("input_ids"), values.pop("attention_mask")
+            values, checks = _per_row_settings(values, tf.shape(input_ids)[0])
+            with tf.control_dependencies(checks):
+                input_ids = tf.identity(input_ids)
             sequences, lengths = self._checked_decode(decode, input_ids, attention_mask, values)
             return {"sequences": sequences, "lengths": lengths}
 
@@ -229,11 +277,12 @@ class ServingModule(tf.Module):
         def chat(*inputs):
             values = dict(zip(names, inputs, strict=True))
             turns = values.pop("turns")
+            values, checks = _per_row_settings(values, tf.shape(turns)[0])
             new = values["max_new_tokens"]
-            checks = _settings_checks(limits, values) + [
+            checks += _settings_checks(limits, values) + [
                 tf.debugging.Assert(tf.shape(turns)[0] > 0, ["turns has no rows; expected at least one dialogue"]),
                 tf.debugging.Assert(
-                    new < limits.max_positions,
+                    tf.reduce_all(new < limits.max_positions),
                     [f"max_new_tokens must leave room for a history in {limits.max_positions} positions, got", new],
                 ),
             ]

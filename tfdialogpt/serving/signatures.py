@@ -2,14 +2,19 @@
 
 Defined once here and used by all three sides:
 - `export.py` builds the SavedModel's signatures from `SIGNATURES` (`tf_input_signature`);
-- `servables.py` checks every request against it (`check_inputs`) and answers bad ones with
-  INVALID_ARGUMENT and a message naming the input and what was expected;
+- `servables.py` checks every request against it (`request_checks.check_inputs`) and answers
+  bad ones with INVALID_ARGUMENT and a message naming the input and what was expected;
 - `client.py` builds requests from it.
 
 A reply is generated from a left-padded prompt, so every row's history ends at the last
-column, where the reply starts. The scalar settings are `GenerationConfig`'s served ones
+column, where the reply starts. The settings are `GenerationConfig`'s served ones
 (`tfdialogpt.generation_config.SERVED`), with its names, defaults and ranges: `do_sample`
 false decodes greedily (argmax), true samples, with `seed` making the draw reproducible.
+
+Every setting is a vector along the batch axis: `[B]`, one value per row, or `[1]`, one value
+for every row of the request. Nothing is a scalar, so TF Serving's batcher (which concatenates
+every input along dimension 0) can merge requests, and rows with different settings share a
+run: each row is decoded as if alone (its own seed stream and `max_new_tokens`).
 
 This module needs only numpy: a client machine imports it without TensorFlow.
 
@@ -55,12 +60,15 @@ METADATA_FORMAT = 1
 DEFAULT_MAX_NEW_TOKENS_CAP = 64  # the decoding buffer every generate call preallocates
 # Clients left-pad prompts to one of `tfdialogpt.padding`'s buckets, as `model.generate` does,
 # so the XLA signature compiles once per bucket and answers equal in-process `generate`.
+# Clients send `turns` with a bucketed number of slots ("" after the last turn), so chat
+# requests share shapes and TF Serving's batcher can concatenate them.
+TURN_SLOT_BUCKETS = (8, 16, 32, 64, 128, 256)
 DEFAULT_WARMUP_PROMPT_LENGTHS = PROMPT_BUCKETS  # one warmup record per bucket that fits
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many
 
 # TensorFlow's DataType enum values and names (`"int32"` -> 3, 3 -> `"DT_INT32"`): the table of
 # `protos.py` (numpy only, like this module).
-_TF_NAME_OF_NUMPY = {dtype: DTYPE_NAMES[enum] for dtype, enum in DTYPE_ENUMS.items()}  # for messages
+TF_NAME_OF_NUMPY = {dtype: DTYPE_NAMES[enum] for dtype, enum in DTYPE_ENUMS.items()}  # for messages
 STRING = "string"  # the contract's name for DT_STRING; its arrays are numpy object arrays of bytes
 
 
@@ -117,7 +125,8 @@ class TensorSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Parameter:
-    """A scalar input of the generate signatures: one `GenerationConfig` setting on the wire."""
+    """A settings input of the generate and chat signatures: one `GenerationConfig` setting on
+    the wire, a vector `[B]` (one value per row) or `[1]` (one for all rows)."""
 
     spec: TensorSpec
     setting: Setting
@@ -130,6 +139,10 @@ class Parameter:
     def default(self) -> float | int | bool:
         """What the client sends when the caller gives nothing (a signature has no None)."""
         return self.setting.wire_default
+
+    def array(self, value: float | int | bool | None = None, rows: int = 1) -> np.ndarray:
+        """The wire tensor: `value` (the default if None) for each of `rows` rows."""
+        return np.full([rows], self.default if value is None else value, self.spec.np_dtype)
 
     def range_text(self, high: float | None = None) -> str:
         return self.setting.range_text(high)
@@ -184,9 +197,33 @@ _WIRE_DTYPES = {int: "int32", float: "float32", bool: "bool"}
 # The served settings, in `GenerationConfig`'s order; `max_new_tokens`' upper end is the
 # export's cap, read from its metadata (`Limits.max_new_tokens_cap`).
 PARAMETERS: dict[str, Parameter] = {
-    name: Parameter(TensorSpec(name, _WIRE_DTYPES[SETTINGS[name].kind], (), SETTINGS[name].doc), SETTINGS[name])
+    name: Parameter(TensorSpec(name, _WIRE_DTYPES[SETTINGS[name].kind], ("batch",), SETTINGS[name].doc), SETTINGS[name])
     for name in SERVED
 }
+
+
+def setting_inputs(values: Mapping[str, Any] | None = None, rows: int = 1) -> dict[str, np.ndarray]:
+    """Every served setting as a wire tensor of `rows` values: `values[name]` where given
+    (a number for all rows, or a sequence of one per row), else the default.
+
+    Example:
+        >>> setting_inputs({"top_k": 5}, rows=2)["top_k"].tolist()
+        [5, 5]
+    """
+    values = values or {}
+    unknown = sorted(set(values) - set(PARAMETERS))
+    if unknown:
+        raise ContractError(f"{unknown[0]!r} is not a served setting; they are {', '.join(PARAMETERS)}")
+    out = {}
+    for name, parameter in PARAMETERS.items():
+        value = values.get(name)
+        if value is not None and np.ndim(value) == 1:
+            out[name] = np.asarray(value, parameter.spec.np_dtype)
+            if out[name].shape != (rows,):
+                raise ContractError(f"{name} has {out[name].size} values for {rows} rows")
+        else:
+            out[name] = parameter.array(value, rows)
+    return out
 
 _GENERATE_OUTPUTS = (
     TensorSpec(
@@ -319,132 +356,3 @@ class Limits:
         if "warmup_prompt_lengths" in values:
             values["warmup_prompt_lengths"] = tuple(values["warmup_prompt_lengths"])
         return cls(**values)
-
-
-# ---- request checks (used by the server; pure numpy) -----------------------------------------
-
-
-def check_inputs(sig: Signature, inputs: Mapping[str, np.ndarray], limits: Limits | None = None) -> None:
-    """Checks a request's tensors against a signature, and values against an export's limits.
-
-    Args:
-        sig: the signature asked for.
-        inputs: input name to array, as decoded from the request.
-        limits: the export's limits; without them only keys, dtypes and shapes are checked.
-
-    Raises:
-        ContractError: the first problem found, naming the input and what was expected.
-    """
-    unexpected = sorted(set(inputs) - set(sig.input_names))
-    if unexpected:
-        raise ContractError(
-            f"unexpected input {unexpected[0]!r} for signature {sig.name!r}; it takes {', '.join(sig.input_names)}"
-        )
-    for spec in sig.inputs:
-        if spec.name not in inputs:
-            raise ContractError(
-                f"missing input {spec.name!r} for signature {sig.name!r} ({spec.describe()}: {spec.doc})"
-            )
-        value = inputs[spec.name]
-        if value.dtype != spec.np_dtype:
-            got = _TF_NAME_OF_NUMPY.get(value.dtype.name, value.dtype.name)
-            raise ContractError(
-                f"input {spec.name!r} has dtype {got}; signature {sig.name!r} expects {spec.dtype_name}"
-            )
-        if value.ndim != spec.rank:
-            raise ContractError(
-                f"input {spec.name!r} has shape {list(value.shape)}; signature {sig.name!r} expects "
-                f"{spec.describe()} (rank {spec.rank})"
-            )
-    if sig.inputs[0].name == "turns":
-        _check_turns(inputs["turns"])
-    else:
-        _check_batch(sig, inputs, limits)
-    if limits is None:
-        return
-    if sig.name == SCORE_SIGNATURE:
-        _check_score_values(inputs, limits)
-    elif sig.inputs[0].name == "turns":
-        if sig is CHAT_DEFAULT:
-            return  # no settings: the export's own defaults
-        _check_settings(inputs, limits)
-        new = int(inputs["max_new_tokens"])
-        if new >= limits.max_positions:
-            raise ContractError(
-                f"max_new_tokens {new} leaves no room for a history in the model's {limits.max_positions} positions"
-            )
-    else:
-        _check_generate_values(inputs, limits)
-
-
-def _check_turns(turns: np.ndarray) -> None:
-    if turns.shape[0] < 1 or turns.shape[1] < 1:
-        raise ContractError(f"input 'turns' has shape {list(turns.shape)}; expected at least one row and one column")
-    empty = [row for row in range(turns.shape[0]) if not any(len(turn) for turn in turns[row])]
-    if empty:
-        raise ContractError(f'turns row {empty[0]} has no turn (every slot is ""); a dialogue needs at least one')
-
-
-def _check_settings(inputs: Mapping[str, np.ndarray], limits: Limits) -> None:
-    highs = limits.highs()
-    for name, parameter in PARAMETERS.items():
-        parameter.check(inputs[name].item(), highs.get(name))
-
-
-def _check_batch(sig: Signature, inputs: Mapping[str, np.ndarray], limits: Limits | None) -> None:
-    ids = inputs["input_ids"]
-    if ids.shape[0] < 1 or ids.shape[1] < 1:
-        raise ContractError(f"input 'input_ids' has shape {list(ids.shape)}; expected at least one row and one column")
-    for spec in sig.inputs[1:]:
-        if spec.rank == 2 and inputs[spec.name].shape != ids.shape:
-            raise ContractError(
-                f"input {spec.name!r} has shape {list(inputs[spec.name].shape)}; it must equal "
-                f"input_ids' shape {list(ids.shape)}"
-            )
-    if limits is not None:
-        bad = np.argwhere((ids < 0) | (ids >= limits.vocab_size))
-        if bad.size:
-            row, col = bad[0]
-            raise ContractError(
-                f"input_ids[{row}, {col}] = {ids[row, col]} is out of range; token ids must be in "
-                f"[0, {limits.vocab_size})"
-            )
-    for name in ("attention_mask", "target_mask"):
-        if name in inputs:
-            bad = np.argwhere((inputs[name] != 0) & (inputs[name] != 1))
-            if bad.size:
-                row, col = bad[0]
-                raise ContractError(f"{name}[{row}, {col}] = {inputs[name][row, col]}; masks hold only 0 and 1")
-
-
-def _check_generate_values(inputs: Mapping[str, np.ndarray], limits: Limits) -> None:
-    mask = inputs["attention_mask"]
-    empty = np.flatnonzero(mask.sum(axis=1) == 0)
-    if empty.size:
-        raise ContractError(f"attention_mask row {empty[0]} is all zeros; every prompt needs at least one token")
-    right_padded = np.flatnonzero(mask[:, -1] == 0)
-    if right_padded.size:
-        raise ContractError(
-            f"attention_mask[{right_padded[0]}, -1] is 0: prompts must be left-padded, the reply "
-            "starts after the last column"
-        )
-    _check_settings(inputs, limits)
-    length, new = mask.shape[1], int(inputs["max_new_tokens"])
-    if length + new > limits.max_positions:
-        raise ContractError(
-            f"prompt length {length} + max_new_tokens {new} = {length + new} exceeds the model's "
-            f"{limits.max_positions} positions; shorten the history"
-        )
-
-
-def _check_score_values(inputs: Mapping[str, np.ndarray], limits: Limits) -> None:
-    mask, target = inputs["attention_mask"], inputs["target_mask"]
-    outside = np.argwhere((target == 1) & (mask == 0))
-    if outside.size:
-        row, col = outside[0]
-        raise ContractError(f"target_mask[{row}, {col}] is 1 on padding (attention_mask is 0 there)")
-    first = np.flatnonzero(target[:, 0] == 1)
-    if first.size:
-        raise ContractError(f"target_mask[{first[0]}, 0] is 1; the first token has no context to be scored after")
-    if mask.shape[1] > limits.max_positions:
-        raise ContractError(f"rows of {mask.shape[1]} tokens exceed the model's {limits.max_positions} positions")

@@ -24,16 +24,14 @@ def _warmup_inputs(name: str, limits: contract.Limits, length: int, batch: int) 
         turns = np.full((batch, 1), ("<|endoftext|>" * (length - 1)).encode(), object)
         if name == contract.DEFAULT_SIGNATURE:
             return {"turns": turns}
-        return {"turns": turns, "max_new_tokens": np.asarray(new, np.int32)}
+        return {"turns": turns, "max_new_tokens": contract.PARAMETERS["max_new_tokens"].array(new, batch)}
     ids = np.full((batch, length), limits.eos_token_id, np.int32)
     if name == contract.SCORE_SIGNATURE:
         target = np.zeros_like(ids)
         target[:, -1] = 1
         return {"input_ids": ids, "attention_mask": np.ones_like(ids), "target_mask": target}
     inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    for parameter in contract.PARAMETERS.values():
-        inputs[parameter.name] = np.asarray(parameter.default, parameter.spec.np_dtype)
-    inputs["max_new_tokens"] = np.asarray(new, np.int32)
+    inputs.update(contract.setting_inputs({"max_new_tokens": new}, batch))
     return inputs
 
 
