@@ -23,6 +23,7 @@ _PUBLIC = {
     "DialogueFile": "tfdialogpt.training.readers",
     "FinetuneResult": "tfdialogpt.training.fit",
     "LanguageModelLoss": "tfdialogpt.training.losses",
+    "OutputDirError": "tfdialogpt.training.fit",
     "Perplexity": "tfdialogpt.training.losses",
     "ResumableBackup": "tfdialogpt.training.callbacks",
     "TrainingSettings": "tfdialogpt.training.fit",
