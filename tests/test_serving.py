@@ -344,10 +344,16 @@ def test_merging_pads_chat_score_and_rows():
     assert first["reply"].tolist() == [b"x"] and first["sequences"].shape == (1, 3)
     assert second["reply"].tolist() == [b"y", b"z"] and second["sequences"].shape == (2, 40)
     score = [
-        {"input_ids": np.array([[1, 2]], np.int32), "attention_mask": np.ones((1, 2), np.int32),
-         "target_mask": np.array([[0, 1]], np.int32)},
-        {"input_ids": np.array([[3, 4, 5]], np.int32), "attention_mask": np.ones((1, 3), np.int32),
-         "target_mask": np.array([[0, 1, 1]], np.int32)},
+        {
+            "input_ids": np.array([[1, 2]], np.int32),
+            "attention_mask": np.ones((1, 2), np.int32),
+            "target_mask": np.array([[0, 1]], np.int32),
+        },
+        {
+            "input_ids": np.array([[3, 4, 5]], np.int32),
+            "attention_mask": np.ones((1, 3), np.int32),
+            "target_mask": np.array([[0, 1, 1]], np.int32),
+        },
     ]
     run = merging.merge("score", score, LIMITS)
     assert run.inputs["input_ids"].tolist() == [[1, 2, EOS], [3, 4, 5]]

@@ -177,11 +177,10 @@ def parse_tsv_line(line: str) -> tuple[list[str], list[float]]:
     return turns, weights
 
 
-def read_tsv(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
-    """Reads DialoGPT's TSV format (`w src1 EOS w src2 ...<TAB>w tgt`, one dialogue a line).
-
-    Blank lines are ignored; any other line that does not parse is a `DataIssue`.
-    """
+def _read_line_format(path: str | os.PathLike, parse_line, strict: bool) -> DialogueFile:
+    """One dialogue a line: `parse_line(line) -> (turns, weights)` raises `ValueError` for a line
+    that does not parse, which becomes a `DataIssue` like an undecodable line; blank lines are
+    ignored."""
     path = str(path)
     dialogues, issues = [], []
     for number, line, issue in _lines(path):
@@ -191,12 +190,20 @@ def read_tsv(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
         if not line.strip():
             continue
         try:
-            turns, weights = parse_tsv_line(line)
+            turns, weights = parse_line(line)
         except ValueError as err:
             issues.append(DataIssue(path, number, str(err)))
             continue
         dialogues.append(Dialogue.from_turns(turns, weights, f"{path}:{number}"))
     return _finish(path, dialogues, issues, strict)
+
+
+def read_tsv(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
+    """Reads DialoGPT's TSV format (`w src1 EOS w src2 ...<TAB>w tgt`, one dialogue a line).
+
+    Blank lines are ignored; any other line that does not parse is a `DataIssue`.
+    """
+    return _read_line_format(path, parse_tsv_line, strict)
 
 
 def parse_json_dialogue(record: object) -> tuple[list[str], list[float] | None]:
@@ -217,26 +224,17 @@ def parse_json_dialogue(record: object) -> tuple[list[str], list[float] | None]:
     return turns, weights
 
 
+def _parse_json_line(line: str) -> tuple[list[str], list[float] | None]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid JSON: {err.msg} at column {err.colno}") from None
+    return parse_json_dialogue(record)
+
+
 def read_jsonl(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
     """Reads JSON Lines: one `{"turns": [...], "weights": [...]}` object a line."""
-    path = str(path)
-    dialogues, issues = [], []
-    for number, line, issue in _lines(path):
-        if issue is not None:
-            issues.append(issue)
-            continue
-        if not line.strip():
-            continue
-        try:
-            turns, weights = parse_json_dialogue(json.loads(line))
-        except json.JSONDecodeError as err:
-            issues.append(DataIssue(path, number, f"invalid JSON: {err.msg} at column {err.colno}"))
-            continue
-        except ValueError as err:
-            issues.append(DataIssue(path, number, str(err)))
-            continue
-        dialogues.append(Dialogue.from_turns(turns, weights, f"{path}:{number}"))
-    return _finish(path, dialogues, issues, strict)
+    return _read_line_format(path, _parse_json_line, strict)
 
 
 def read_chatterbot_yaml(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
