@@ -147,14 +147,7 @@ class Batcher:
             self._run_alone(first)
             return
         try:
-            run = merging.merge(
-                first.signature,
-                [task.inputs for task in batch],
-                first.servable.limits,
-                pad_rows=contract.signature(first.signature).jit_compile,
-                allowed_batch_sizes=self.allowed_batch_sizes,
-            )
-            answers = run.split(first.servable.run(first.signature, run.inputs))
+            answers = self._run_merged(first, [task.inputs for task in batch])
         except ServingError as err:
             if len(batch) == 1:
                 first.future.set_exception(err)
@@ -168,14 +161,24 @@ class Batcher:
         for task, answer in zip(batch, answers, strict=True):
             task.future.set_result(answer)
 
-    @staticmethod
-    def _run_alone(task: _Task) -> None:
+    def _run_merged(self, first: _Task, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """One run of `first`'s signature for `requests`, padded as `merging.merge` pads (XLA
+        signatures to the allowed batch sizes), split back into their answers."""
+        run = merging.merge(
+            first.signature,
+            requests,
+            first.servable.limits,
+            pad_rows=contract.signature(first.signature).jit_compile,
+            allowed_batch_sizes=self.allowed_batch_sizes,
+        )
+        return run.split(first.servable.run(first.signature, run.inputs))
+
+    def _run_alone(self, task: _Task) -> None:
         try:
             if task.key is None:
                 task.future.set_result(task.servable.run(task.signature, task.inputs))
-            else:
-                run = merging.merge(task.signature, [task.inputs], task.servable.limits)
-                task.future.set_result(run.split(task.servable.run(task.signature, run.inputs))[0])
+            else:  # padded like a merged run, so a retry alone compiles no new shape either
+                task.future.set_result(self._run_merged(task, [task.inputs])[0])
         except ServingError as err:
             task.future.set_exception(err)
 
