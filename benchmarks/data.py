@@ -1,7 +1,8 @@
 """Data preparation throughput: `prepare` with 1 and 2 workers against `encode_dialogues`.
 
 A DialoGPT-style TSV is generated (turns of 3 to 25 words, 2 to 5 turns, some 0.0 weights);
-each contender runs in its own child process, timed from the call to the end:
+each contender runs in its own child process, timed from the call to the end (wall clock, and
+CPU seconds of the process and its workers):
 
 - `encode_dialogues`: `read_dialogues` + `encode_dialogues` in one process, the examples in
   memory (what `finetune` does today);
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -64,21 +66,27 @@ def child(args) -> dict:
         from tfdialogpt.training.examples import encode_dialogues
         from tfdialogpt.training.readers import read_dialogues
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu()
         encoded = encode_dialogues(read_dialogues(args.data).dialogues, tokenizer, args.max_seq_len)
-        return {"seconds": time.perf_counter() - start, "examples": len(encoded.examples)}
+        return {"seconds": time.perf_counter() - start, "cpu": _cpu() - cpu, "examples": len(encoded.examples)}
     from tfdialogpt._quiet import import_tensorflow
     from tfdialogpt.training.prepare import prepare
 
     start = time.perf_counter()
     import_tensorflow()
     tf_import = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     manifest = prepare(
         args.data, args.output, tokenizer, max_seq_len=args.max_seq_len, workers=args.workers, progress=False
     )
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "examples": manifest["totals"]["examples"], "tf_import": tf_import}
+    seconds, cpu = time.perf_counter() - start, _cpu() - cpu
+    return {"seconds": seconds, "cpu": cpu, "examples": manifest["totals"]["examples"], "tf_import": tf_import}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its ended children (prepare's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def run_child(args, contender: str, workers: int, data: Path, scratch: Path) -> dict:
@@ -125,11 +133,12 @@ def main() -> None:
                 if best is None or result["seconds"] < best["seconds"]:
                     results[(contender, workers)] = result
     base = results[("encode_dialogues", 1)]["seconds"]
-    print("\n| contender | seconds | dialogues/s | vs encode_dialogues |\n|---|---|---|---|")
+    print("\n| contender | seconds | dialogues/s | vs encode_dialogues | CPU seconds |\n|---|---|---|---|---|")
     for (contender, workers), result in results.items():
         name = contender if contender == "encode_dialogues" else f"prepare --workers {workers}"
         rate = args.dialogues / result["seconds"]
-        print(f"| {name} | {result['seconds']:.2f} | {rate:,.0f} | {base / result['seconds']:.2f}x |")
+        ratio = base / result["seconds"]
+        print(f"| {name} | {result['seconds']:.2f} | {rate:,.0f} | {ratio:.2f}x | {result['cpu']:.2f} |")
     tf_import = min(r["tf_import"] for r in results.values() if "tf_import" in r)
     print(
         f"\nexamples: {sorted({r['examples'] for r in results.values()})}; "

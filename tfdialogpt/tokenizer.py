@@ -277,7 +277,7 @@ class Tokenizer:
                 "eos_token": self._eos_token,
                 "vocab": sorted(state["vocab"].items(), key=lambda item: item[1]),
                 # "a b" strings in older `tokenizers`, [a, b] pairs in newer ones
-                "merges": [m.split(" ") if isinstance(m, str) else list(m) for m in state["merges"]],
+                "merges": [m if isinstance(m, str) else " ".join(m) for m in state["merges"]],
                 "options": {**options, "dropout": state.get("dropout")},
             }
             text = json.dumps(canonical, ensure_ascii=False, separators=(",", ":"))

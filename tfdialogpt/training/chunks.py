@@ -156,6 +156,8 @@ def start_worker(tokenizer, max_seq_len: int, in_pool: bool = True) -> None:
     """Sets up a process to encode chunks (a pool's initializer, or the parent with 1 worker)."""
     _WORKER.update(tokenizer=tokenizer, max_seq_len=max_seq_len)
     if in_pool:
+        # one thread per worker: the workers are the parallelism (`tokenizers` reads this per call)
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
         parent = multiprocessing.parent_process()
         if parent is not None:  # a killed parent must not leave its workers waiting forever

@@ -28,12 +28,18 @@ _MAX_ID = 2**35 - 1
 
 def _varint(n: int) -> bytes:
     """Protobuf's base-128 varint of a non-negative int."""
+    if n < len(_SMALL_VARINTS):
+        return _SMALL_VARINTS[n]
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_SMALL_VARINTS = ()
+_SMALL_VARINTS = tuple(_varint(n) for n in range(1 << 14))  # every length up to 16 KiB: one look-up
 
 
 def _field(tag: bytes, payload: bytes) -> bytes:
@@ -90,14 +96,14 @@ def serialize_examples(examples: Sequence) -> list[bytes]:
     """
     if not examples:
         return []
-    tokens = np.concatenate([np.asarray(ex.tokens) for ex in examples]).astype(np.int64)
+    tokens = np.concatenate([ex.tokens for ex in examples]).astype(np.int64)
     if tokens.size and (tokens.min() < 0 or tokens.max() > _MAX_ID):
         raise ValueError(f"token ids must be in [0, {_MAX_ID}], found {tokens.min()}..{tokens.max()}")
     token_bytes, sizes = _varints(tokens)
     token_ends = np.cumsum([len(ex.tokens) for ex in examples])
     byte_ends = np.concatenate([[0], np.cumsum(sizes)])[token_ends].tolist()
     token_bytes = token_bytes.tobytes()
-    weight_bytes = np.concatenate([np.asarray(ex.weights) for ex in examples]).astype("<f4").tobytes()
+    weight_bytes = np.concatenate([ex.weights for ex in examples]).astype("<f4").tobytes()
     records, byte_start, weight_start = [], 0, 0
     for ex, byte_end in zip(examples, byte_ends, strict=True):
         weight_end = weight_start + 4 * len(ex.weights)
