@@ -150,7 +150,8 @@ def test_official_stub_and_rest_api_reply_as_chat(case, tmp_path):
         server.wait_for_version(1, timeout=300)
         with grpc.insecure_channel(server.target) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            for signature, settings in (("chat", {"max_new_tokens": NEW}), ("", {})):
+            # A setting is one value per row, or [1] for every row.
+            for signature, settings in (("chat", {"max_new_tokens": [NEW]}), ("", {})):
                 request = predict_pb2.PredictRequest()
                 request.model_spec.name = MODEL_NAME
                 request.model_spec.signature_name = signature  # "": serving_default, the chat, turns only

@@ -269,3 +269,59 @@ def test_undecodable_input_is_a_clear_message():
     assert out.stderr.decode().strip() == (
         "tfdialogpt generate: error: the --json input is not valid UTF-8 (byte 0xff at position 5)"
     )
+
+
+LATIN1_TSV = b"Hello\tHi there !\n\xe9t\xe9\tsummer\nHow are you ?\tFine , thanks .\n"  # line 2: Latin-1
+
+
+def _finetune(*args):
+    return run("finetune", "--epochs", "1", "--batch-size", "2", "--quiet", "--no-jit", *args)
+
+
+def test_finetune_reports_a_line_that_is_not_utf8_and_goes_on_or_fails_with_strict(tmp_path):
+    train = tmp_path / "train.tsv"
+    train.write_bytes(LATIN1_TSV)
+    issue = f"{train}:2: invalid UTF-8 at byte 1 of the line (0xe9)"
+    out = _finetune("--train", str(train), "--output", str(tmp_path / "strict"), "--strict")
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [f"tfdialogpt finetune: error: {train}: 1 malformed line: {issue}"]
+    assert not (tmp_path / "strict").exists()
+
+    # into a directory with other files: --overwrite lets it write there
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    out = _finetune("--train", str(train), "--output", str(output), "--overwrite")
+    assert out.returncode == 0, out.stderr
+    assert issue in out.stderr
+    assert json.loads(out.stdout)["malformed_lines"] == 1
+    report = json.loads((output / "training_report.json").read_text())
+    assert report["malformed_lines"]["train"] == [issue] and report["train_examples"] == 2
+    assert (output / "notes.txt").read_text() == "mine"
+
+
+def test_finetune_refuses_its_model_directory_a_foreign_one_or_a_file_in_one_line(tmp_path):
+    import shutil
+
+    from tfdialogpt.config import DEFAULT_MODEL_DIR
+
+    train = tmp_path / "train.tsv"
+    train.write_text("Hello\tHi there !\n")
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in model.iterdir()}
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for output, message in (
+        (model, "is the directory of the model being fine-tuned"),
+        (foreign, "is not empty and holds no unfinished run of finetune to resume"),
+        (foreign / "notes.txt", "is a file"),
+    ):
+        out = _finetune("--model", str(model), "--train", str(train), "--output", str(output))
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"tfdialogpt finetune: error: output directory {output} ")
+        assert message in lines[0]
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in model.iterdir()} == before
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and (foreign / "notes.txt").read_text() == "mine"

@@ -104,6 +104,64 @@ def test_chatterbot_yaml_reader_keeps_text_verbatim_and_reports_bad_entries(tmp_
     assert [d.source for d in found.dialogues] == [f"{path}:4", f"{path}:6", f"{path}:11"]
 
 
+def test_a_line_that_is_not_utf8_is_reported_by_file_and_line_and_the_others_kept(tmp_path):
+    """One Latin-1 line in a UTF-8 file: that line is an issue like any malformed one."""
+    path = tmp_path / "train.tsv"
+    path.write_bytes(
+        b"hello\thi\n"
+        b"\xe9t\xe9\tsummer\n"  # line 2: Latin-1 "été"
+        b"0.0 caf\xc3\xa9 EOS 1.0 ok\t1.0 fine .\r\n"  # UTF-8 "café", a CRLF ending
+        b"bye\tsee you\n"
+    )
+    found = read_tsv(path)
+    assert [d.turns for d in found.dialogues] == [("hello", "hi"), ("café", "ok", "fine ."), ("bye", "see you")]
+    assert [d.source for d in found.dialogues] == [f"{path}:1", f"{path}:3", f"{path}:4"]
+    assert [str(issue) for issue in found.issues] == [f"{path}:2: invalid UTF-8 at byte 1 of the line (0xe9)"]
+    with pytest.raises(DataError) as err:
+        read_tsv(path, strict=True)
+    assert str(err.value) == f"{path}: 1 malformed line: {path}:2: invalid UTF-8 at byte 1 of the line (0xe9)"
+    assert [(issue.path, issue.line) for issue in err.value.issues] == [(str(path), 2)]
+    with pytest.raises(DataError, match="train.tsv:2: invalid UTF-8"):
+        read_dialogues(tmp_path, strict=True)  # a directory of files too
+
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b'{"turns": ["a", "b"]}\n{"turns": ["caf\xe9", "b"]}\n{"turns": ["c", "d"]}\n')
+    found = read_jsonl(path)
+    assert [d.turns for d in found.dialogues] == [("a", "b"), ("c", "d")]
+    assert [str(issue) for issue in found.issues] == [f"{path}:2: invalid UTF-8 at byte 16 of the line (0xe9)"]
+    with pytest.raises(DataError, match=r"train\.jsonl:2: invalid UTF-8 at byte 16"):
+        read_jsonl(path, strict=True)
+
+    # YAML: the conversation with an utterance on the line is skipped; a bad line elsewhere
+    # (here a category) is reported and loses nothing.
+    path = tmp_path / "corpus.yml"
+    path.write_bytes(
+        b"categories:\n- caf\xe9\n"  # line 2
+        b"conversations:\n"
+        b"- - Hello\n  - Hi\n"
+        b"- - Caf\xe9?\n  - yes\n"  # line 6
+        b"- - Bye\n  - See you\n"
+    )
+    found = read_chatterbot_yaml(path)
+    assert [d.turns for d in found.dialogues] == [("Hello", "Hi"), ("Bye", "See you")]
+    assert [(issue.line, issue.message) for issue in found.issues] == [
+        (2, "invalid UTF-8 at byte 6 of the line (0xe9)"),
+        (6, "invalid UTF-8 at byte 8 of the line (0xe9)"),
+    ]
+    with pytest.raises(DataError, match=r"2 malformed lines: .*corpus\.yml:2: .*corpus\.yml:6: invalid UTF-8"):
+        read_chatterbot_yaml(path, strict=True)
+
+
+def test_a_utf8_byte_order_mark_is_not_text(tmp_path):
+    path = tmp_path / "bom.tsv"
+    path.write_bytes(b"\xef\xbb\xbf0.0 hello\t1.0 hi\n")
+    assert read_tsv(path).dialogues[0].turns == ("hello", "hi")
+    assert read_tsv(path).dialogues[0].weights == (0.0, 1.0)
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"turns": ["a", "b"]}\n')
+    assert read_jsonl(path).dialogues[0].turns == ("a", "b")
+
+
 def test_read_dialogues_by_extension_and_directory(tmp_path):
     (tmp_path / "a.tsv").write_text("x\ty\n")
     (tmp_path / "b.jsonl").write_text('{"turns": ["p", "q"]}\n')

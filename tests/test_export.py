@@ -24,9 +24,9 @@ from serving_utils import (
 )
 
 from tfdialogpt.serving import signatures as contract
-from tfdialogpt.serving.request_checks import check_inputs
 from tfdialogpt.serving.export import export, next_version, warmup_requests
 from tfdialogpt.serving.protos import apis, to_ndarray
+from tfdialogpt.serving.request_checks import check_inputs
 
 PROMPTS = [[5, 9, 33, 71, EOS], [120, EOS, 7, 8, 200, 14, 3, EOS], [42, EOS]]
 
@@ -266,7 +266,9 @@ def test_a_tf_serving_batch_gives_each_request_its_own_answer(exported, name):
         requests.append({**inputs, **contract.setting_inputs(settings)})
 
     def call(inputs):
-        return {key: value.numpy() for key, value in signature(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+        return {
+            key: value.numpy() for key, value in signature(**{k: tf.constant(v) for k, v in inputs.items()}).items()
+        }
 
     alone = [call(request) for request in requests]
     together = call(_tf_serving_batch(requests))

@@ -108,3 +108,26 @@ def test_processors_run_under_xla_with_runtime_controls():
     np.testing.assert_allclose(out, [[2.0, 1.5, 2.0, NEG_INF]])
     out = run(scores, tf.constant(0), tf.constant(1.0), tf.constant(1.0)).numpy()
     np.testing.assert_allclose(out, scores.numpy())
+
+
+def test_top_k_and_top_p_per_row_match_a_sorting_reference():
+    """The bisection thresholds equal HF's sort-based rule, row by row, with ties, -0.0 and
+    -inf in the scores, eagerly and under XLA."""
+    import torch
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    rng = np.random.default_rng(1)
+    scores = (rng.normal(size=(6, 2000)) * 4).astype(np.float32)
+    scores[:, :50] = np.round(scores[:, :50])  # ties
+    scores[0, 60:70], scores[1, 70:80], scores[2, 5] = -np.inf, -0.0, 0.0
+    ks, ps = [0, 1, 7, 40, 1999, 2000], [1.0, 0.05, 0.5, 0.9, 0.99, 0.3]
+    xla = tf.function(lambda s, k, p: processors.top_p(processors.top_k(s, k), p), jit_compile=True)
+    for run in (lambda s, k, p: processors.top_p(processors.top_k(s, k), p), xla):
+        ours = run(tf.constant(scores), tf.constant(ks), tf.constant(ps)).numpy()
+        for row, (k, p) in enumerate(zip(ks, ps, strict=True)):
+            ref = torch.tensor(scores[row : row + 1])
+            if k:
+                ref = TopKLogitsWarper(k)(None, ref)
+            if p < 1:
+                ref = TopPLogitsWarper(p)(None, ref)
+            np.testing.assert_array_equal(np.isfinite(ours[row]), np.isfinite(ref.numpy()[0]), err_msg=f"row {row}")

@@ -328,6 +328,43 @@ def test_batcher_merges_requests_whatever_their_settings_and_lengths():
     assert servable.runs == [(4, 16), (4, 16)]
 
 
+def test_merging_pads_chat_score_and_rows():
+    from tfdialogpt.serving import merging
+
+    chat = [
+        {"turns": np.array([[b"Hi", b""]], object), **contract.setting_inputs({"max_new_tokens": 3})},
+        {"turns": np.array([[b"a", b"b", b"c"], [b"d", b"", b""]], object), **contract.setting_inputs({}, 2)},
+    ]
+    run = merging.merge("chat_xla", chat, LIMITS, pad_rows=True, allowed_batch_sizes=(1, 2, 4, 8))
+    assert run.inputs["turns"].tolist() == [[b"Hi", b"", b""], [b"a", b"b", b"c"], [b"d", b"", b""], [b"Hi", b"", b""]]
+    assert run.inputs["max_new_tokens"].tolist() == [3, 40, 40, 1]  # the filler row stops after one token
+    assert run.spans == [(0, 1), (1, 3)] and run.widths == [3, 40]
+    outputs = {"reply": np.array([b"x", b"y", b"z", b"w"], object), "sequences": np.zeros((4, 40), np.int32)}
+    first, second = run.split(outputs)
+    assert first["reply"].tolist() == [b"x"] and first["sequences"].shape == (1, 3)
+    assert second["reply"].tolist() == [b"y", b"z"] and second["sequences"].shape == (2, 40)
+    score = [
+        {
+            "input_ids": np.array([[1, 2]], np.int32),
+            "attention_mask": np.ones((1, 2), np.int32),
+            "target_mask": np.array([[0, 1]], np.int32),
+        },
+        {
+            "input_ids": np.array([[3, 4, 5]], np.int32),
+            "attention_mask": np.ones((1, 3), np.int32),
+            "target_mask": np.array([[0, 1, 1]], np.int32),
+        },
+    ]
+    run = merging.merge("score", score, LIMITS)
+    assert run.inputs["input_ids"].tolist() == [[1, 2, EOS], [3, 4, 5]]
+    assert run.inputs["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert run.inputs["target_mask"].tolist() == [[0, 1, 0], [0, 1, 1]]
+    assert [merging.row_bucket(n, (1, 2, 4, 8)) for n in (1, 3, 5, 8, 9, 33)] == [1, 4, 8, 8, 16, 64]
+    for bad in ((2, 1, 8), (1, 2, 4), (0, 8)):
+        with pytest.raises(ValueError, match="allowed_batch_sizes"):
+            merging.check_allowed_batch_sizes(bad, 8)
+
+
 # ---- end to end through a server subprocess ---------------------------------------------------
 
 
@@ -744,10 +781,14 @@ def test_deployment_configs_parse():
     root = os.path.join(os.path.dirname(__file__), os.pardir, "serving")
     [model] = read_model_config(os.path.join(root, "models.config"))
     assert (model.name, model.base_path, model.num_versions) == ("dialogpt", "/models/dialogpt", 2)
-    assert read_batching_parameters(os.path.join(root, "batching_parameters.txt"))["max_batch_size"] == 8
+    batching = read_batching_parameters(os.path.join(root, "batching_parameters.txt"))
+    assert batching["max_batch_size"] == 8 and batching["allowed_batch_sizes"] == (1, 2, 4, 8)
+    assert batching["pad_variable_length_inputs"] is False
     with open(os.path.join(root, "docker-compose.yml")) as f:
         compose = f.read()
     for flag in (
+        "--enable_batching=true",
+        "--batching_parameters_file=/config/batching_parameters.txt",
         "--xla_cpu_compilation_enabled=true",
         "--model_config_file=",
         "--monitoring_config_file=",

@@ -311,6 +311,104 @@ def test_finetune_memorises_and_greedy_generation_reproduces_a_reply(tiny_model_
     np.testing.assert_allclose(hf(ids).logits.numpy(), result.model(ids).numpy(), atol=1e-4)
 
 
+QUICK = {"epochs": 1, "batch_size": 2, "verbose": 0, "jit_compile": False}
+
+
+def _train_file(tmp_path) -> Path:
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"turns": d}) + "\n" for d in DIALOGUES))
+    return train
+
+
+def _files(directory) -> dict:
+    """{relative path: (bytes, mtime in ns)} of every file under `directory`."""
+    return {
+        str(path.relative_to(directory)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(Path(directory).rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_finetune_refuses_to_write_over_its_model_or_a_directory_it_did_not_make(tiny_model_dir, tmp_path):
+    import shutil
+
+    from tfdialogpt.config import DEFAULT_MODEL_DIR
+    from tfdialogpt.training import OutputDirError
+    from tfdialogpt.training.fit import check_output_dir
+
+    train = _train_file(tmp_path)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (tmp_path / "link").symlink_to(model)
+    before = _files(model)
+    for output in (model, tmp_path / "link", str(model) + "/"):  # the same real path
+        with pytest.raises(OutputDirError, match="is the directory of the model being fine-tuned") as err:
+            finetune(str(model), train, output_dir=output, **QUICK)
+        assert isinstance(err.value, ValueError) and "overwrite=True" in str(err.value)
+    assert _files(model) == before  # same bytes, same mtimes, no file added
+    with pytest.raises(OutputDirError, match="directory of the model being fine-tuned"):
+        check_output_dir(DEFAULT_MODEL_DIR, "default")  # the embedded model too
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="is not empty and holds no unfinished run of finetune to resume"):
+        finetune(str(model), train, output_dir=foreign, **QUICK)
+    assert _files(foreign) == {"notes.txt": (b"mine", (foreign / "notes.txt").stat().st_mtime_ns)}
+
+    for output, where in ((foreign / "notes.txt", "is a file"), (foreign / "notes.txt" / "out", "lies under")):
+        with pytest.raises(OutputDirError, match=where):  # refused even with overwrite
+            finetune(str(model), train, output_dir=output, overwrite=True, **QUICK)
+    assert (foreign / "notes.txt").read_text() == "mine" and _files(model) == before
+
+
+class Killed(Exception):
+    pass
+
+
+def test_finetune_writes_to_a_new_or_empty_directory_a_killed_run_or_with_overwrite(tiny_model_dir, tmp_path):
+    import shutil
+
+    import keras
+
+    from tfdialogpt import DialoGPT
+    from tfdialogpt.training import OutputDirError
+
+    train = _train_file(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    finetune(str(tiny_model_dir), train, output_dir=empty, **QUICK)
+    assert (empty / "tf_model.h5").is_file() and (empty / "training_report.json").is_file()
+    with pytest.raises(OutputDirError, match="not empty"):  # a finished run is not resumed
+        finetune(str(tiny_model_dir), train, output_dir=empty, **QUICK)
+
+    # a run killed after its first epoch's backup: the same call into the same directory resumes
+    class KillInSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise Killed
+
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        finetune(str(tiny_model_dir), train, output_dir=run, callbacks=[KillInSecondEpoch()], **{**QUICK, "epochs": 2})
+    assert (run / "backup" / "training_state.json").is_file() and not (run / "tf_model.h5").exists()
+    result = finetune(str(tiny_model_dir), train, output_dir=run, **{**QUICK, "epochs": 2})
+    assert result.resumed_from["epoch"] == 1 and len(result.history["loss"]) == 1
+    assert (run / "tf_model.h5").is_file() and not (run / "backup").exists()
+
+    # overwrite=True: into a directory holding other files (left as they are), or the model's own
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    finetune(str(tiny_model_dir), train, output_dir=foreign, overwrite=True, **QUICK)
+    assert (foreign / "tf_model.h5").is_file() and (foreign / "notes.txt").read_text() == "mine"
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    result = finetune(str(model), train, output_dir=model, overwrite=True, **QUICK)
+    ids = np.array([[5, 6, 7, 8]], np.int32)
+    np.testing.assert_allclose(DialoGPT.from_pretrained(model)(ids).numpy(), result.model(ids).numpy(), atol=1e-5)
+
+
 def test_evaluate_reports_perplexity_and_reply_metrics(tiny_model_dir, tmp_path):
     data = tmp_path / "valid.tsv"
     data.write_text("What is your name?\tMy name is Tiny.\nbroken line\nHello EOS Hi there!\tHow are you?\n")

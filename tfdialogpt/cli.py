@@ -236,7 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="directory, hub id, or 'default'")
     p.add_argument("--train", required=True, help="training data file or directory")
     p.add_argument("--valid", default=None, help="validation data (loss and perplexity each epoch)")
-    p.add_argument("--output", required=True, help="directory for the trained model, backups and logs")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="directory for the trained model, backups and logs: new, empty, or a killed run's (it resumes)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into --output even if it is --model's directory or holds other files",
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--learning-rate", type=float, default=5e-5)

@@ -260,6 +260,7 @@ def cmd_finetune(args) -> int:
         args.train,
         args.valid,
         args.output,
+        overwrite=args.overwrite,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,

@@ -131,9 +131,7 @@ def merge(
     first = sig.inputs[0].name
     if first == "turns":
         slots = max(inputs["turns"].shape[1] for inputs in requests)
-        parts = [
-            {**inputs, "turns": _pad_columns(inputs["turns"], slots, b"", side="right")} for inputs in requests
-        ]
+        parts = [{**inputs, "turns": _pad_columns(inputs["turns"], slots, b"", side="right")} for inputs in requests]
     elif sig.name == contract.SCORE_SIGNATURE:
         width = max(inputs["input_ids"].shape[1] for inputs in requests)
         pad = 0 if limits is None else limits.pad_token_id

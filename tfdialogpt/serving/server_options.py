@@ -82,7 +82,8 @@ def read_batching_parameters(path: str) -> dict:
             values[key] = False
         else:
             raise ValueError(
-                f"{path}: cannot use {key}: {value}; expected allowed_batch_sizes: N or pad_variable_length_inputs: false"
+                f"{path}: cannot use {key}: {value}; expected allowed_batch_sizes: N or "
+                "pad_variable_length_inputs: false"
             )
     if sizes:
         values["allowed_batch_sizes"] = tuple(sizes)

@@ -73,7 +73,9 @@ def _default_generate_builder(model, max_new_tokens_cap: int, jit_compile: bool)
     any_rows = build(None)
     one_row = build(1) if jit_compile else None
     fixed = {
-        name: (SETTINGS[name].wire_default, dtype) for name, dtype in GENERATE_INPUTS[2:] if name not in contract.PARAMETERS
+        name: (SETTINGS[name].wire_default, dtype)
+        for name, dtype in GENERATE_INPUTS[2:]
+        if name not in contract.PARAMETERS
     }
 
     def decode(input_ids, attention_mask, **settings):

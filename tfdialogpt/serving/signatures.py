@@ -225,6 +225,7 @@ def setting_inputs(values: Mapping[str, Any] | None = None, rows: int = 1) -> di
             out[name] = parameter.array(value, rows)
     return out
 
+
 _GENERATE_OUTPUTS = (
     TensorSpec(
         "sequences",

@@ -25,6 +25,7 @@ _PUBLIC = {
     "DialogueFile": "tfdialogpt.training.readers",
     "FinetuneResult": "tfdialogpt.training.fit",
     "LanguageModelLoss": "tfdialogpt.training.losses",
+    "OutputDirError": "tfdialogpt.training.fit",
     "Perplexity": "tfdialogpt.training.losses",
     "PreparedDataError": "tfdialogpt.training.shards",
     "ResumableBackup": "tfdialogpt.training.callbacks",

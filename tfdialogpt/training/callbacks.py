@@ -41,13 +41,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     # ---- reading -------------------------------------------------------------------------------
     def state(self) -> dict | None:
         """`{"epoch": e, "batch": b, ...}` of the last backup (b batches of epoch e done), or None."""
-        path = Path(self.backup_dir) / STATE_FILE
-        if not path.is_file():
-            return None
-        state = json.loads(path.read_text())
-        if not (Path(self.backup_dir) / state["weights"]).is_file():
-            return None
-        return state
+        return read_state(self.backup_dir)
 
     def restore(self, model) -> dict | None:
         """Loads the last backup into `model` (compiled) now; returns its state, or None."""
@@ -100,6 +94,18 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         for old in directory.glob("backup-*.weights.h5"):
             if old.name != weights_name:
                 old.unlink(missing_ok=True)
+
+
+def read_state(backup_dir) -> dict | None:
+    """The state of the last backup in `backup_dir` (see `ResumableBackup.state`), or None
+    when it holds none (or its weights file is gone)."""
+    path = Path(backup_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    if not (Path(backup_dir) / state["weights"]).is_file():
+        return None
+    return state
 
 
 def _random_states(model) -> list:

@@ -4,6 +4,8 @@ Run settings (`TrainingSettings`) are kept apart from the model's hyperparameter
 (`DialoGPTConfig`). The model is trained by plain `compile` / `fit`, with the pieces of this
 package: `DialogueBatches` (data), `LanguageModelLoss` + `Perplexity`, `make_optimizer`
 (AdamW, warmup and decay, clipping, accumulation), `ResumableBackup` (resume after a kill).
+`check_output_dir` keeps a run from writing over the model it starts from, or over a
+directory it did not make.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from tfdialogpt.training import _compat, distribute
-from tfdialogpt.training.callbacks import ResumableBackup
+from tfdialogpt.training.callbacks import ResumableBackup, read_state
 from tfdialogpt.training.examples import encode
 from tfdialogpt.training.losses import LanguageModelLoss, Perplexity
 from tfdialogpt.training.optimization import make_optimizer
@@ -91,7 +94,85 @@ class FinetuneResult:
     output_dir: str | None
 
 
+class OutputDirError(ValueError):
+    """An `output_dir` that `finetune` will not write to; raised before any data, model or
+    file is read or written.
+
+    It is a file (or lies under one); or, unless `overwrite=True`: it is the directory of the
+    model being fine-tuned, or a non-empty directory that holds no unfinished run to resume.
+    """
+
+
 # ---- pieces ----------------------------------------------------------------------------------------
+
+
+def _model_directory(model) -> Path | None:
+    """The local directory `model` is loaded from (`"default"`: the embedded one), else None."""
+    from tfdialogpt.config import DEFAULT_MODEL_DIR
+
+    if not isinstance(model, (str, Path)):
+        return None
+    if str(model) == "default":
+        return DEFAULT_MODEL_DIR
+    path = Path(os.path.expanduser(str(model)))
+    return path if path.is_dir() else None
+
+
+def _has_backup(backup_dir: Path) -> bool:
+    try:
+        return read_state(backup_dir) is not None
+    except (OSError, ValueError, KeyError, TypeError):  # an unreadable state resumes nothing
+        return False
+
+
+def check_output_dir(output_dir, model=None, backup_dir=None, overwrite: bool = False) -> None:
+    """Checks that `finetune` may write its model, tokenizer and report to `output_dir`.
+
+    Allowed: a directory that does not exist yet (it is made), an empty one, or the output
+    of an unfinished run (killed before it ended) whose backup (`backup_dir`, default
+    `<output_dir>/backup`) holds a training state: `finetune` resumes it. `overwrite=True`
+    also allows the directory of `model` itself and any other directory; files of the names
+    `finetune` writes are then replaced and the others left.
+
+    Raises:
+        OutputDirError: `output_dir` is a file or lies under one; or, without `overwrite`,
+            it is `model`'s directory (same real path) or a non-empty directory holding no
+            training state to resume.
+    """
+    if output_dir is None:
+        return
+    output = Path(output_dir)  # as `finetune` writes it (the model path is expanded as it is loaded)
+    existing = output
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == output else f"lies under {existing}, which is a file"
+        raise OutputDirError(f"output directory {output} {where}; choose a directory")
+    if not output.is_dir() or overwrite:
+        return
+    model_dir = _model_directory(model)
+    if model_dir is not None and os.path.realpath(model_dir) == os.path.realpath(output):
+        raise OutputDirError(
+            f"output directory {output} is the directory of the model being fine-tuned; the trained "
+            "model would replace it: choose another output directory, or pass overwrite=True (--overwrite)"
+        )
+    if not any(output.iterdir()):
+        return
+    if _has_backup(Path(backup_dir) if backup_dir else output / "backup"):
+        return
+    raise OutputDirError(
+        f"output directory {output} is not empty and holds no unfinished run of finetune to resume "
+        "(no backup/training_state.json); choose a new or empty directory, or pass overwrite=True "
+        "(--overwrite) to write into it"
+    )
+
+
+def _backup_dir(settings: TrainingSettings, output_dir) -> str | None:
+    """Where this process backs up: `settings.backup_dir` or `<output>/backup`, per worker."""
+    backup_dir = settings.backup_dir or (str(Path(output_dir) / "backup") if output_dir else None)
+    if backup_dir and not distribute.is_chief():  # every worker backs up and restores its own (identical) state
+        backup_dir = f"{backup_dir}-{distribute.task_id()}"
+    return backup_dir
 
 
 def resolve_precision(precision: str) -> str:
@@ -196,6 +277,7 @@ def finetune(
     settings: TrainingSettings | None = None,
     callbacks: Sequence = (),
     distribution=None,
+    overwrite: bool = False,
     **overrides,
 ) -> FinetuneResult:
     """Fine-tunes (or trains from scratch) a DialoGPT on dialogues and saves it in HF layout.
@@ -212,9 +294,12 @@ def finetune(
             (`finetune(..., epochs=5, batch_size=16)`).
         callbacks: more Keras callbacks.
         distribution: a `tf.distribute.Strategy`; default: made from `settings.strategy`.
+        overwrite: write into `output_dir` even if it is `model`'s own directory or a
+            non-empty directory that is not an unfinished run (see `check_output_dir`).
     Returns:
         A `FinetuneResult` (model, tokenizer, history, data reports).
     Raises:
+        OutputDirError: `output_dir` refused (checked first: nothing is read or written).
         DataError: no usable example, or malformed lines with `strict=True`.
 
     A run whose `output_dir` (or `backup_dir`) holds a backup from a killed run continues
@@ -232,6 +317,8 @@ def finetune(
     settings = (settings or TrainingSettings()).replace(**overrides)
     if train is None:
         raise ValueError("finetune needs `train` data")
+    backup_dir = _backup_dir(settings, output_dir)
+    check_output_dir(output_dir, model, backup_dir, overwrite=overwrite)
     strategy = distribution or distribute.make_strategy(settings.strategy)
     keras.utils.set_random_seed(settings.seed)
 
@@ -259,10 +346,7 @@ def finetune(
     chief = distribute.is_chief()
     all_callbacks = list(callbacks)
     backup = None
-    backup_dir = settings.backup_dir or (str(Path(output_dir) / "backup") if output_dir else None)
     if backup_dir:
-        if not chief:  # every worker backs up and restores its own (identical) state
-            backup_dir = f"{backup_dir}-{distribute.task_id()}"
         backup = ResumableBackup(backup_dir, save_freq=settings.checkpoint_every or "epoch", delete_checkpoint=False)
         all_callbacks.append(backup)
     if settings.tensorboard and output_dir and chief:

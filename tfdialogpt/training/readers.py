@@ -8,7 +8,9 @@ Three file formats are read into `Dialogue`s (turns, oldest first, each with a l
 - chatterbot-corpus YAML: `conversations:` as lists of utterances.
 
 A line that cannot be read is a `DataIssue` naming its file and line; it is reported and
-skipped (or raises `DataError` in strict mode), and every other line is kept.
+skipped (or raises `DataError` in strict mode), and every other line is kept. That includes
+a line that is not UTF-8 (a Latin-1 `\xe9` among UTF-8 lines): files are read as bytes and
+decoded line by line.
 
 This module imports no TensorFlow (nor NumPy): data can be checked and prepared on a machine,
 or in worker processes, that never load it.
@@ -110,6 +112,34 @@ def _finish(path: str, dialogues: list[Dialogue], issues: list[DataIssue], stric
     return result
 
 
+def _decode(raw: bytes, number: int) -> str:
+    """One line's text; a UTF-8 byte-order mark opening the file is dropped.
+
+    Raises:
+        ValueError: the line is not valid UTF-8 (named by its first bad byte, 1-based).
+    """
+    start = 3 if number == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        at = start + err.start
+        raise ValueError(f"invalid UTF-8 at byte {at + 1} of the line (0x{raw[at]:02x})") from None
+
+
+def _lines(path: str):
+    """(1-based number, text, DataIssue or None) for each line of `path`, split at b"\\n".
+
+    A line that is not UTF-8 comes with its issue, and its text decoded with U+FFFD for the
+    bad bytes (so that a YAML file still parses around it).
+    """
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, _decode(raw, number), None
+            except ValueError as err:
+                yield number, raw.decode("utf-8", "replace"), DataIssue(path, number, str(err))
+
+
 def _check_weight(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{where} weight must be a number, got {value!r}")
@@ -147,24 +177,33 @@ def parse_tsv_line(line: str) -> tuple[list[str], list[float]]:
     return turns, weights
 
 
+def _read_line_format(path: str | os.PathLike, parse_line, strict: bool) -> DialogueFile:
+    """One dialogue a line: `parse_line(line) -> (turns, weights)` raises `ValueError` for a line
+    that does not parse, which becomes a `DataIssue` like an undecodable line; blank lines are
+    ignored."""
+    path = str(path)
+    dialogues, issues = [], []
+    for number, line, issue in _lines(path):
+        if issue is not None:
+            issues.append(issue)
+            continue
+        if not line.strip():
+            continue
+        try:
+            turns, weights = parse_line(line)
+        except ValueError as err:
+            issues.append(DataIssue(path, number, str(err)))
+            continue
+        dialogues.append(Dialogue.from_turns(turns, weights, f"{path}:{number}"))
+    return _finish(path, dialogues, issues, strict)
+
+
 def read_tsv(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
     """Reads DialoGPT's TSV format (`w src1 EOS w src2 ...<TAB>w tgt`, one dialogue a line).
 
     Blank lines are ignored; any other line that does not parse is a `DataIssue`.
     """
-    path = str(path)
-    dialogues, issues = [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                turns, weights = parse_tsv_line(line)
-            except ValueError as err:
-                issues.append(DataIssue(path, number, str(err)))
-                continue
-            dialogues.append(Dialogue.from_turns(turns, weights, f"{path}:{number}"))
-    return _finish(path, dialogues, issues, strict)
+    return _read_line_format(path, parse_tsv_line, strict)
 
 
 def parse_json_dialogue(record: object) -> tuple[list[str], list[float] | None]:
@@ -185,38 +224,36 @@ def parse_json_dialogue(record: object) -> tuple[list[str], list[float] | None]:
     return turns, weights
 
 
+def _parse_json_line(line: str) -> tuple[list[str], list[float] | None]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid JSON: {err.msg} at column {err.colno}") from None
+    return parse_json_dialogue(record)
+
+
 def read_jsonl(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
     """Reads JSON Lines: one `{"turns": [...], "weights": [...]}` object a line."""
-    path = str(path)
-    dialogues, issues = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                turns, weights = parse_json_dialogue(json.loads(line))
-            except json.JSONDecodeError as err:
-                issues.append(DataIssue(path, number, f"invalid JSON: {err.msg} at column {err.colno}"))
-                continue
-            except ValueError as err:
-                issues.append(DataIssue(path, number, str(err)))
-                continue
-            dialogues.append(Dialogue.from_turns(turns, weights, f"{path}:{number}"))
-    return _finish(path, dialogues, issues, strict)
+    return _read_line_format(path, _parse_json_line, strict)
 
 
 def read_chatterbot_yaml(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
     """Reads a chatterbot-corpus YAML file (`conversations:` lists of utterances).
 
     Utterances are taken exactly as written (YAML's type guessing would turn `yes` into True).
-    Each conversation's issues carry the line it starts on.
+    Each conversation's issues carry the line it starts on. A line that is not UTF-8 is an
+    issue of its own, and the conversation with an utterance on it is skipped.
     """
     import yaml
 
     path = str(path)
+    texts, undecodable = [], {}
+    for number, line, issue in _lines(path):
+        texts.append(line)
+        if issue is not None:
+            undecodable[number] = issue
     try:
-        with open(path, encoding="utf-8") as f:
-            root = yaml.compose(f)
+        root = yaml.compose("".join(texts))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         issue = DataIssue(path, (mark.line + 1) if mark else 1, f"invalid YAML: {getattr(err, 'problem', err)}")
@@ -230,12 +267,14 @@ def read_chatterbot_yaml(path: str | os.PathLike, strict: bool = False) -> Dialo
         line = 1 if root is None else root.start_mark.line + 1
         issue = DataIssue(path, line, "expected a mapping with a `conversations:` list")
         raise DataError(f"cannot read {path}: {issue}", [issue])
-    dialogues, issues = [], []
+    dialogues, issues = [], list(undecodable.values())
     for node in conversations.value:
         number = node.start_mark.line + 1
         if not isinstance(node, yaml.SequenceNode):
             issues.append(DataIssue(path, number, "a conversation must be a list of utterances"))
             continue
+        if undecodable and any(line in undecodable for turn in node.value for line in _node_lines(turn)):
+            continue  # reported as its undecodable line
         bad = [
             i
             for i, turn in enumerate(node.value, start=1)
@@ -248,7 +287,16 @@ def read_chatterbot_yaml(path: str | os.PathLike, strict: bool = False) -> Dialo
         else:
             turns = [" ".join(str(turn.value).split()) for turn in node.value]
             dialogues.append(Dialogue.from_turns(turns, None, f"{path}:{number}"))
+    issues.sort(key=lambda issue: issue.line)
     return _finish(path, dialogues, issues, strict)
+
+
+def _node_lines(node) -> range:
+    """The 1-based lines a YAML node is written on (a block ends at column 0 of the next line)."""
+    first, last = node.start_mark.line + 1, node.end_mark.line + 1
+    if node.end_mark.column == 0 and last > first:
+        last -= 1
+    return range(first, last + 1)
 
 
 READERS = {".tsv": read_tsv, ".jsonl": read_jsonl, ".yml": read_chatterbot_yaml, ".yaml": read_chatterbot_yaml}
