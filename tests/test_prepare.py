@@ -36,8 +36,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> list[Path]:
-    """A TSV (weights, a malformed line, blank lines, CRLF and a lone CR, a dialogue too long
-    for MAX_SEQ_LEN), a JSONL with a bad record and a chatterbot YAML file."""
+    """A TSV (a BOM, weights, a malformed line, a blank line, CRLF and a lone CR, a dialogue
+    too long for MAX_SEQ_LEN), a JSONL with a bad record and a chatterbot YAML file."""
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("data")
 
@@ -48,7 +48,8 @@ def data(tmp_path_factory) -> list[Path]:
     lines[4] = "no tab on this line\n"
     lines[9] = "\n"
     lines[12] = f"{turn(2)}\t{turn(3)}\r\n"
-    lines[15] = f"{turn(2)}\t{turn(2)}\r{turn(3)}\t{turn(1)}\n"  # two lines for Python's text files
+    lines[0] = "\ufeff" + lines[0]
+    lines[15] = f"{turn(2)}\t{turn(2)}\r{turn(3)}\t{turn(1)}\n"  # one line (split at \\n only): 2 TABs
     lines[20] = f"{turn(30)}\t{turn(30)}\n"  # longer than max_seq_len: no example
     lines[25] = f"0.5 {turn(2)}\t0.0 {turn(2)}\n"  # no turn after the first carries loss
     (root / "a.tsv").write_text("".join(lines), newline="")
@@ -90,7 +91,7 @@ def test_shards_hold_encode_dialogues_examples_whatever_the_workers(data, tokeni
     encoded, _ = expected(data, tokenizer)
     got = examples_of(prepared, tokenizer)
     assert got == [(ex.tokens.tolist(), ex.weights.tolist()) for ex in encoded.examples]
-    assert len(got) == 43 and len(shard_bytes(prepared)) == 7  # 6 shards of 7, then 1
+    assert len(got) == 41 and len(shard_bytes(prepared)) == 6  # 5 shards of 7, then 6
     prepare(data, tmp_path / "two", tokenizer, workers=2, **SETTINGS)
     assert shard_bytes(tmp_path / "two") == shard_bytes(prepared)
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
@@ -102,14 +103,14 @@ def test_manifest_counts_skipped_lines_and_sources(data, tokenizer, prepared):
     manifest = json.loads((prepared / "manifest.json").read_text())
     assert manifest["format"] == "tfdialogpt.prepared" and manifest["format_version"] == 1
     assert manifest["totals"] == {
-        "dialogues": 30 - 2 + 1 + 11 + 5,  # TSV: 30 lines - malformed - blank + the CR split; JSONL; YAML
+        "dialogues": 30 - 3 + 11 + 5,  # TSV: 30 lines - 2 malformed - blank; JSONL; YAML
         "examples": len(encoded.examples),
         "tokens": sum(len(ex.tokens) for ex in encoded.examples),
         "loss_tokens": encoded.num_tokens,
         "malformed_lines": len(issues),
         "dialogues_without_example": len(encoded.skipped),
     }
-    assert [s["examples"] for s in manifest["shards"]] == [7] * 6 + [1]
+    assert [s["examples"] for s in manifest["shards"]] == [7] * 5 + [6]
     assert manifest["shards"][0] == {
         "file": "shard-00000.tfrecord",
         "examples": 7,
@@ -123,8 +124,9 @@ def test_manifest_counts_skipped_lines_and_sources(data, tokenizer, prepared):
     assert listed == sorted(malformed + without, key=lambda s: (data.index(Path(s[0])), s[1]))
     assert [s[:2] for s in listed] == [
         (str(data[0]), 5),
-        (str(data[0]), 22),  # the CR line counts as two
-        (str(data[0]), 27),
+        (str(data[0]), 16),
+        (str(data[0]), 21),
+        (str(data[0]), 26),
         (str(data[1]), 4),
         (str(data[2]), 14),
     ]
@@ -189,7 +191,7 @@ def test_a_killed_run_resumes_to_the_same_shards(data, tokenizer, prepared, tmp_
     manifest = prepare(data, out, tokenizer, workers=1, **SETTINGS)
     assert shard_bytes(out) == shard_bytes(prepared)
     assert manifest == json.loads((prepared / "manifest.json").read_text())
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [f"shard-0000{i}.tfrecord" for i in range(7)]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [f"shard-0000{i}.tfrecord" for i in range(6)]
 
 
 def _alive(pid: int) -> bool:
@@ -203,7 +205,7 @@ def _alive(pid: int) -> bool:
 def test_another_runs_output_is_refused_unless_overwrite(data, tokenizer, prepared, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in prepared.iterdir()}
     # the same run again: nothing to do
-    assert prepare(data, prepared, tokenizer, workers=1, **SETTINGS)["totals"]["examples"] == 43
+    assert prepare(data, prepared, tokenizer, workers=1, **SETTINGS)["totals"]["examples"] == 41
     assert {p.name: p.stat().st_mtime_ns for p in prepared.iterdir()} == before
     out = tmp_path / "out"
     prepare(data[:1], out, tokenizer, workers=1, **SETTINGS)
@@ -235,7 +237,7 @@ def test_undecodable_lines_are_reported_and_skipped(tokenizer, tmp_path):
             "file": str(path),
             "line": 2,
             "kind": "malformed",
-            "reason": "not valid UTF-8: byte 0xff at byte 5 of the line",
+            "reason": "invalid UTF-8 at byte 5 of the line (0xff)",
         }
     ]
 
@@ -247,7 +249,7 @@ def test_read_prepared_checks_the_tokenizer_and_the_shards(data, tokenizer, prep
     message = rf"tokenized with another tokenizer .*2048 ids\) than the one given .*{other.vocab_size} ids"
     with pytest.raises(TokenizerMismatchError, match=message):
         read_prepared(prepared, other)
-    assert len(read_prepared(prepared, None)) == 43
+    assert len(read_prepared(prepared, None)) == 41
     # the fingerprint is the tokenizer's, not its files': tokenizer.json gives the same
     tokenizer._tokenizer.save(str(tmp_path / "tokenizer.json"))
     assert Tokenizer.from_pretrained(tmp_path).fingerprint() == tokenizer.fingerprint()
@@ -278,9 +280,9 @@ def test_cli_prepare(data, tokenizer, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
-    assert summary["shards"] == 1 and summary["examples"] == 43 and summary["malformed_lines"] == 3
-    assert "skipped 3 malformed lines and 2 dialogues that give no example" in out.stderr
-    assert len(examples_of(tmp_path / "out", tokenizer)) == 43
+    assert summary["shards"] == 1 and summary["examples"] == 41 and summary["malformed_lines"] == 4
+    assert "skipped 4 malformed lines and 2 dialogues that give no example" in out.stderr
+    assert len(examples_of(tmp_path / "out", tokenizer)) == 41
     missing = tmp_path / "missing.tsv"
     out = run_cli("--train", str(missing), "--output", str(tmp_path / "never"))
     assert out.returncode == 2

@@ -2,16 +2,15 @@
 one `prepare` worker process. No TensorFlow here (NumPy and `tokenizers` only).
 
 A TSV or JSON Lines file is cut into chunks of whole lines (about `chunk_bytes` each); a
-chatterbot YAML file is one chunk. Lines are split as Python's text files split them (`\\n`,
-`\\r\\n` or `\\r`), parsed by the readers' line parsers and numbered as the readers number
-them, so a chunk gives exactly the dialogues `read_dialogues` gives for its lines; a line
-that is not UTF-8 is reported and skipped like any malformed line.
+chatterbot YAML file is one chunk. Lines are split at `\\n`, decoded, parsed and numbered by
+the readers' own line functions, so a chunk gives exactly the dialogues and issues
+`read_dialogues` gives for its lines (a line that is not UTF-8 included).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
 import multiprocessing
 import os
 import signal
@@ -27,7 +26,8 @@ from tfdialogpt.training.readers import (
     DataError,
     DataIssue,
     Dialogue,
-    parse_json_dialogue,
+    _decode,
+    _parse_json_line,
     parse_tsv_line,
     read_chatterbot_yaml,
 )
@@ -78,9 +78,7 @@ class Chunk:
     @property
     def next_line(self) -> int:
         """The number of the line after this chunk (chunks of lines end with `\\n`)."""
-        if self.data is None:
-            return 1
-        return self.first_line + self.data.count(b"\n") + self.data.count(b"\r") - self.data.count(b"\r\n")
+        return 1 if self.data is None else self.first_line + self.data.count(b"\n")
 
 
 def read_chunks(
@@ -113,23 +111,15 @@ def read_chunks(
 
 
 def parse_lines(chunk: Chunk) -> tuple[list[Dialogue], list[DataIssue]]:
-    """The dialogues and malformed lines of a TSV or JSON Lines chunk, as the readers find them."""
-    tsv = chunk.path.endswith(".tsv")
+    """The dialogues and issues of a TSV or JSON Lines chunk, as the readers find them."""
+    parse_line = parse_tsv_line if chunk.path.endswith(".tsv") else _parse_json_line
     dialogues, issues = [], []
-    for number, raw in enumerate(chunk.data.splitlines(keepends=True), start=chunk.first_line):
+    for number, raw in enumerate(io.BytesIO(chunk.data), start=chunk.first_line):  # split at b"\n"
         try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            issue = f"not valid UTF-8: byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line"
-            issues.append(DataIssue(chunk.path, number, issue))
-            continue
-        if not line.strip():
-            continue
-        try:
-            turns, weights = parse_tsv_line(line) if tsv else parse_json_dialogue(json.loads(line))
-        except json.JSONDecodeError as err:
-            issues.append(DataIssue(chunk.path, number, f"invalid JSON: {err.msg} at column {err.colno}"))
-            continue
+            line = _decode(raw, number)  # number 1 is the file's first line: a BOM is dropped
+            if not line.strip():
+                continue
+            turns, weights = parse_line(line)
         except ValueError as err:
             issues.append(DataIssue(chunk.path, number, str(err)))
             continue
