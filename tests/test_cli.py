@@ -18,6 +18,7 @@ COMMANDS = [
     "tokenize",
     "generate",
     "chat",
+    "prepare",
     "finetune",
     "evaluate",
     "export",

@@ -41,6 +41,10 @@ TF_FREE = [
     "tfdialogpt._sentencepiece_bpe",
     "tfdialogpt.training.readers",
     "tfdialogpt.training.examples",
+    "tfdialogpt.training.records",
+    "tfdialogpt.training.chunks",
+    "tfdialogpt.training.shards",
+    "tfdialogpt.training.prepare",
 ]
 
 

@@ -199,6 +199,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add_command(
         subparsers,
+        "prepare",
+        "Tokenize dialogue files once, in parallel, into TFRecord shards and a manifest.json.",
+        """
+        tfdialogpt prepare --train train.tsv --output ./prepared
+        tfdialogpt prepare --train data/ more.jsonl --output ./prepared --tokenizer microsoft/DialoGPT-small \\
+            --max-seq-len 256 --workers 8 --shard-size 50000
+      run it again with the same arguments to finish a killed run; formats as for finetune
+    """,
+        commands.cmd_prepare,
+    )
+    p.add_argument("--train", nargs="+", required=True, metavar="FILE", help="data files or directories, in order")
+    p.add_argument("--output", required=True, help="directory for the shards and manifest.json")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", default="default", help="tokenizer and positions of this model (default: default)")
+    source.add_argument("--tokenizer", default=None, help="tokenizer directory or hub id instead of a model's")
+    p.add_argument("--max-seq-len", type=int, default=None, help="default: min(128, the model's positions)")
+    p.add_argument("--workers", type=int, default=None, help="tokenizing processes (default: the CPUs)")
+    p.add_argument("--shard-size", type=int, default=100_000, help="examples per shard")
+    p.add_argument("--strict", action="store_true", help="fail on any malformed data line")
+    p.add_argument("--overwrite", action="store_true", help="replace another prepare run's output in --output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = _add_command(
+        subparsers,
         "finetune",
         "Fine-tune (or train) on dialogues; writes an HF-layout checkpoint.",
         """

@@ -234,6 +234,24 @@ def cmd_chat(args) -> int:
         print(f"bot> {reply}", flush=True)
 
 
+def cmd_prepare(args) -> int:
+    from tfdialogpt.training.prepare import max_seq_len_for, prepare
+
+    manifest = prepare(
+        args.train,
+        args.output,
+        args.tokenizer or args.model,
+        max_seq_len=max_seq_len_for(None if args.tokenizer else args.model, args.max_seq_len),
+        workers=args.workers,
+        shard_size=args.shard_size,
+        strict=args.strict,
+        overwrite=args.overwrite,
+        progress=False if args.quiet else None,
+    )
+    print(json.dumps({"output": args.output, "shards": len(manifest["shards"]), **manifest["totals"]}, indent=2))
+    return 0
+
+
 def cmd_finetune(args) -> int:
     from tfdialogpt.training.fit import finetune
 

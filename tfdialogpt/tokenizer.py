@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -259,6 +260,29 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Number of ids, special tokens included (50257 for GPT-2)."""
         return self._vocab_size
+
+    def fingerprint(self) -> str:
+        """`sha256:<hex>` of what decides the ids (vocabulary, merges, BPE options, EOS token),
+        taken from the loaded model rather than file bytes: the same for `vocab.json` +
+        `merges.txt` and `tokenizer.json`, whatever the `tokenizers` version. Prepared data
+        records it to catch a mismatched tokenizer (`tfdialogpt.training.read_prepared`)."""
+        if getattr(self, "_fingerprint", None) is None:
+            state = json.loads(self._tokenizer.to_str())["model"]
+            options = {
+                k: state.get(k) or None for k in ("unk_token", "continuing_subword_prefix", "end_of_word_suffix")
+            }
+            options.update({k: bool(state.get(k)) for k in ("fuse_unk", "byte_fallback", "ignore_merges")})
+            canonical = {
+                "pipeline": "gpt2-byte-level",
+                "eos_token": self._eos_token,
+                "vocab": sorted(state["vocab"].items(), key=lambda item: item[1]),
+                # "a b" strings in older `tokenizers`, [a, b] pairs in newer ones
+                "merges": [m if isinstance(m, str) else " ".join(m) for m in state["merges"]],
+                "options": {**options, "dropout": state.get("dropout")},
+            }
+            text = json.dumps(canonical, ensure_ascii=False, separators=(",", ":"))
+            self._fingerprint = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return self._fingerprint
 
     def __len__(self) -> int:
         return self.vocab_size

@@ -6,7 +6,9 @@
     >>> evaluate("out", "valid.tsv")["perplexity"]  # doctest: +SKIP
 
 Modules: `readers` (dialogue files; no TensorFlow), `examples` (DialoGPT's example layout;
-NumPy only), `pipeline` (`tf.data`), `fit` (`finetune`), `evaluation` (`evaluate`), `losses`,
+NumPy only), `prepare` (files tokenized once, in parallel, into TFRecord shards; `chunks` is
+the workers' part, `records` the TF-free `tf.train.Example` encoding), `shards` (the manifest,
+`read_prepared`), `pipeline` (`tf.data`), `fit` (`finetune`), `evaluation` (`evaluate`), `losses`,
 `metrics`, `optimization`, `callbacks`, `distribute`, `bpe`, and `_compat` (private Keras
 workarounds). Public names are imported lazily, so reading data loads no TensorFlow.
 """
@@ -25,7 +27,9 @@ _PUBLIC = {
     "LanguageModelLoss": "tfdialogpt.training.losses",
     "OutputDirError": "tfdialogpt.training.fit",
     "Perplexity": "tfdialogpt.training.losses",
+    "PreparedDataError": "tfdialogpt.training.shards",
     "ResumableBackup": "tfdialogpt.training.callbacks",
+    "TokenizerMismatchError": "tfdialogpt.training.shards",
     "TrainingSettings": "tfdialogpt.training.fit",
     "WarmupDecay": "tfdialogpt.training.optimization",
     "build_example": "tfdialogpt.training.examples",
@@ -33,11 +37,14 @@ _PUBLIC = {
     "encode_dialogues": "tfdialogpt.training.examples",
     "evaluate": "tfdialogpt.training.evaluation",
     "finetune": "tfdialogpt.training.fit",
+    "load_manifest": "tfdialogpt.training.shards",
     "make_optimizer": "tfdialogpt.training.optimization",
     "make_strategy": "tfdialogpt.training.distribute",
+    "prepare": "tfdialogpt.training.prepare",
     "read_chatterbot_yaml": "tfdialogpt.training.readers",
     "read_dialogues": "tfdialogpt.training.readers",
     "read_jsonl": "tfdialogpt.training.readers",
+    "read_prepared": "tfdialogpt.training.shards",
     "read_tsv": "tfdialogpt.training.readers",
     "reply_metrics": "tfdialogpt.training.metrics",
 }
