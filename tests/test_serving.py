@@ -295,7 +295,7 @@ class _FakeServable:
         self.runs = []  # (rows, prompt width) of each run
         self.lock = threading.Lock()
 
-    def run(self, name, inputs):
+    def run(self, name, inputs, control=None):
         time.sleep(0.01)
         ids, new = inputs["input_ids"], inputs["max_new_tokens"]
         with self.lock:

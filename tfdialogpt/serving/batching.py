@@ -6,7 +6,9 @@ row, so each row decodes as if alone, sampled rows from their own seeds), up to
 `max_batch_size` rows; the run's outputs are split back into each request's answer. Prompts
 are padded to the buckets and, for XLA signatures, rows to a power of two, so no client can
 make the server compile a new shape. A full queue answers RESOURCE_EXHAUSTED; no request is
-dropped silently.
+dropped silently. A request whose client goes away (`_Task.abandon`) leaves the queue; a run
+whose every request has gone is stopped at its next decode step (`cancellation.py`; an XLA
+signature's run finishes, bounded by the request limits).
 
 Example:
     >>> batcher = Batcher(max_batch_size=8, batch_timeout=0.002)  # doctest: +SKIP
@@ -26,9 +28,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tfdialogpt.serving import merging
+from tfdialogpt.serving import cancellation, merging
 from tfdialogpt.serving import signatures as contract
-from tfdialogpt.serving.errors import ResourceExhaustedError, ServerUnavailableError, ServingError
+from tfdialogpt.serving.errors import (
+    RequestCancelledError,
+    ResourceExhaustedError,
+    ServerUnavailableError,
+    ServingError,
+)
 
 if TYPE_CHECKING:
     from tfdialogpt.serving.servables import Servable
@@ -42,6 +49,32 @@ class _Task:
     key: tuple | None  # requests with equal keys may share a run; None runs alone
     rows: int
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
+    gone: bool = False  # its client went away or its deadline passed
+    running: _Running | None = None  # the run it is part of, once taken from the queue
+
+    def abandon(self) -> None:
+        """Its client went away: a queued task is dropped; a running one is marked, and its run
+        stopped once every task in it is gone (`_Running.check`)."""
+        if self.future.cancel():
+            return
+        self.gone = True
+        running = self.running
+        if running is not None:
+            running.check()
+
+
+class _Running:
+    """The tasks of one run and the handle that stops it."""
+
+    def __init__(self, tasks: list[_Task]):
+        self.tasks, self.control = tasks, cancellation.Run()
+        for task in tasks:
+            task.running = self
+        self.check()  # a task abandoned before it was marked as running
+
+    def check(self) -> None:
+        if not self.control.cancelled and all(task.gone for task in self.tasks):
+            self.control.cancel()
 
 
 def batch_key(servable: Servable, sig: contract.Signature, inputs: Mapping[str, np.ndarray]) -> tuple | None:
@@ -140,20 +173,21 @@ class Batcher:
                         task.future.set_exception(err)
 
     def _run(self, batch: list[_Task]) -> None:
-        first = batch[0]
+        first, running = batch[0], _Running(batch)
         if self._on_run is not None:
             self._on_run(first.servable, first.signature, sum(task.rows for task in batch))
         if first.key is None:
-            self._run_alone(first)
+            self._run_alone(first, running.control)
             return
         try:
-            answers = self._run_merged(first, [task.inputs for task in batch])
+            answers = self._run_merged(first, [task.inputs for task in batch], running.control)
         except ServingError as err:
-            if len(batch) == 1:
-                first.future.set_exception(err)
+            if len(batch) == 1 or isinstance(err, RequestCancelledError):
+                for task in batch:
+                    task.future.set_exception(err)
                 return
             for task in batch:  # one bad request must not fail the others: run each alone
-                self._run_alone(task)
+                self._run_alone(task, _Running([task]).control)
             return
         if len(batch) > 1:
             self.runs += 1
@@ -161,7 +195,7 @@ class Batcher:
         for task, answer in zip(batch, answers, strict=True):
             task.future.set_result(answer)
 
-    def _run_merged(self, first: _Task, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    def _run_merged(self, first: _Task, requests: list[dict[str, np.ndarray]], control: cancellation.Run) -> list[dict]:
         """One run of `first`'s signature for `requests`, padded as `merging.merge` pads (XLA
         signatures to the allowed batch sizes), split back into their answers."""
         run = merging.merge(
@@ -171,14 +205,14 @@ class Batcher:
             pad_rows=contract.signature(first.signature).jit_compile,
             allowed_batch_sizes=self.allowed_batch_sizes,
         )
-        return run.split(first.servable.run(first.signature, run.inputs))
+        return run.split(first.servable.run(first.signature, run.inputs, control))
 
-    def _run_alone(self, task: _Task) -> None:
+    def _run_alone(self, task: _Task, control: cancellation.Run) -> None:
         try:
             if task.key is None:
-                task.future.set_result(task.servable.run(task.signature, task.inputs))
+                task.future.set_result(task.servable.run(task.signature, task.inputs, control))
             else:  # padded like a merged run, so a retry alone compiles no new shape either
-                task.future.set_result(self._run_merged(task, [task.inputs])[0])
+                task.future.set_result(self._run_merged(task, [task.inputs], control)[0])
         except ServingError as err:
             task.future.set_exception(err)
 

@@ -71,6 +71,12 @@ class ServingTimeoutError(ServingError, TimeoutError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class RequestCancelledError(ServingError):
+    """CANCELLED: the request was stopped because its client went away or its deadline passed."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
 # The class a client raises for each status code; codes not listed raise `ServingError`.
 ERROR_CLASSES: dict[grpc.StatusCode, type[ServingError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
@@ -79,4 +85,5 @@ ERROR_CLASSES: dict[grpc.StatusCode, type[ServingError]] = {
     grpc.StatusCode.UNAVAILABLE: ServerUnavailableError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.DEADLINE_EXCEEDED: ServingTimeoutError,
+    grpc.StatusCode.CANCELLED: RequestCancelledError,
 }

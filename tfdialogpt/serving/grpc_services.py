@@ -276,13 +276,13 @@ class ModelServer:
         rows = int(inputs[sig.input_names[0]].shape[0]) if inputs[sig.input_names[0]].ndim else 1
         task = _Task(servable, name, inputs, batch_key(servable, sig, inputs), rows)
         future = self.batcher.submit(task)
-        if not call.add_callback(future.cancel):  # a client that goes away frees its slot
-            future.cancel()
+        if not call.add_callback(task.abandon):  # a client that goes away frees its slot
+            task.abandon()
         timeout = call.time_remaining()
         try:
             outputs = future.result(timeout=None if timeout is None else max(timeout, 0.0))
         except concurrent.futures.TimeoutError:
-            future.cancel()
+            task.abandon()
             raise ServingTimeoutError("the deadline passed while the request was queued or running") from None
         wanted = set(output_filter) or set(outputs)
         return {key: value for key, value in outputs.items() if key in wanted}

@@ -9,6 +9,12 @@
   in flight finish on the version they started on. A version that fails to load is refused
   with a logged error while the old one keeps serving; it is retried only if its files change
   (`_fingerprint`).
+- An unloaded version's memory is given back (`release_saved_model`): `tf.saved_model.load`
+  registers each custom gradient of the SavedModel in TensorFlow's process-wide gradient
+  registry under a new name and never removes it, and that entry keeps the loaded functions'
+  graphs alive (about 220 MB a load for a DialoGPT-small export, whatever the weights' size).
+  The entries a version's load added are removed when it is unloaded, then `gc.collect()` and,
+  on glibc, `malloc_trim(0)`. See benchmarks/rollover.py and benchmarks/RESULTS.md.
 
 TensorFlow is imported only when a version is loaded or run.
 
@@ -31,10 +37,12 @@ from collections.abc import Mapping
 import grpc
 import numpy as np
 
+from tfdialogpt.serving import cancellation
 from tfdialogpt.serving import signatures as contract
-from tfdialogpt.serving.errors import InvalidRequestError, ModelNotFoundError, ServingError
+from tfdialogpt.serving.errors import InvalidRequestError, ModelNotFoundError, RequestCancelledError, ServingError
 from tfdialogpt.serving.protos import apis, to_ndarray
 from tfdialogpt.serving.request_checks import check_inputs
+from tfdialogpt.serving.saved_models import load_saved_model, release_saved_model
 
 log = logging.getLogger("tfdialogpt.serving")
 
@@ -44,11 +52,11 @@ log = logging.getLogger("tfdialogpt.serving")
 class Servable:
     """One loaded SavedModel version: its signatures, limits and warm-up state.
 
-    Use it inside `with servable.in_flight():` so an unload waits for running requests.
+    Mark requests with `acquire()` / `release()` so an unload waits for running ones
+    (`wait_idle()`), then `close()` it to give its memory back.
     """
 
     def __init__(self, model_name: str, version: int, path: str):
-        import tensorflow as tf
         import tensorflow_text  # noqa: F401  (registers TF Text's ops, which TF Serving links: the chat's tokenizer)
 
         self.model_name, self.version, self.path = model_name, version, path
@@ -59,11 +67,15 @@ class Servable:
         if not graphs:
             raise ValueError(f"saved_model.pb has no MetaGraph tagged {contract.SERVING_TAG!r}")
         self.signature_defs = graphs[0].signature_def
-        self._loaded = tf.saved_model.load(path, tags=[contract.SERVING_TAG])
-        self.functions = dict(self._loaded.signatures)
-        if not self.functions:
-            raise ValueError("the SavedModel has no signatures")
-        self.signatures = {name: self._signature_of(name, fn) for name, fn in self.functions.items()}
+        self._loaded, self._gradients = load_saved_model(path, tags=[contract.SERVING_TAG])
+        try:
+            self.functions = dict(self._loaded.signatures)
+            if not self.functions:
+                raise ValueError("the SavedModel has no signatures")
+            self.signatures = {name: self._signature_of(name, fn) for name, fn in self.functions.items()}
+        except BaseException:
+            self.close()
+            raise
         # Each signature's defaults for inputs a request may leave out, decoded once.
         self._defaults = {
             name: {key: to_ndarray(proto) for key, proto in self.signature_defs[name].defaults.items()}
@@ -143,13 +155,18 @@ class Servable:
             raise InvalidRequestError(str(err)) from None
         return sig
 
-    def run(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs a signature on numpy inputs; graph errors become INVALID_ARGUMENT or INTERNAL."""
+    def run(self, name: str, inputs: Mapping[str, np.ndarray], run: cancellation.Run | None = None) -> dict:
+        """Runs a signature on numpy inputs; graph errors become INVALID_ARGUMENT or INTERNAL.
+        Stopped by `run.cancel()` (CANCELLED), at its next decode step unless XLA-compiled."""
         import tensorflow as tf
 
         fn = self.functions[name]
+        run = run or cancellation.Run()
         try:
-            outputs = fn(**{key: tf.constant(value) for key, value in inputs.items()})
+            with run.active():
+                outputs = fn(**{key: tf.constant(value) for key, value in inputs.items()})
+        except tf.errors.CancelledError:
+            raise RequestCancelledError(f"signature {name!r} was stopped: its clients went away") from None
         except tf.errors.InvalidArgumentError as err:
             raise InvalidRequestError(f"signature {name!r} rejected the request: {_reason(err.message)}") from None
         except (tf.errors.OpError, ValueError, TypeError) as err:
@@ -169,6 +186,13 @@ class Servable:
     def wait_idle(self, timeout: float | None = None) -> bool:
         with self._idle:
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def close(self) -> None:
+        """Drops the loaded SavedModel and releases its memory (`release_saved_model`); call it
+        once no request runs on this version. It cannot serve afterwards."""
+        self.functions, self._loaded = {}, None
+        gradients, self._gradients = self._gradients, []
+        release_saved_model(gradients)
 
 
 def _reason(message: str) -> str:
@@ -265,12 +289,16 @@ class ModelVersions:
             self._states[version] = State(LOADING, 0, "")
         log.info("loading version %d of model %r from %s", version, self.name, path)
         started = time.perf_counter()
+        servable = None
         try:
             if not os.path.exists(os.path.join(path, contract.SAVED_MODEL_FILE)):
                 raise FileNotFoundError(f"no {contract.SAVED_MODEL_FILE} in {path}")
             servable = Servable(self.name, version, path)
             warmed = servable.warmup() if self.warmup else 0
         except Exception as err:  # any failure refuses this version; the old one keeps serving
+            if servable is not None:
+                servable.close()
+                servable = None
             message = f"{type(err).__name__}: {err}".strip()
             self._failed[version] = _fingerprint(path)
             with self._lock:
@@ -297,9 +325,16 @@ class ModelVersions:
 
     def _unload(self, servable: Servable) -> None:
         servable.wait_idle()
+        started = time.perf_counter()
+        servable.close()
         with self._lock:
             self._states[servable.version] = State(END, 0, "")
-        log.info("unloaded version %d of model %r", servable.version, self.name)
+        log.info(
+            "unloaded version %d of model %r (memory released in %.1f s)",
+            servable.version,
+            self.name,
+            time.perf_counter() - started,
+        )
 
     def available_versions(self) -> list[int]:
         with self._lock:
