@@ -9,12 +9,9 @@
   in flight finish on the version they started on. A version that fails to load is refused
   with a logged error while the old one keeps serving; it is retried only if its files change
   (`_fingerprint`).
-- An unloaded version's memory is given back (`release_saved_model`): `tf.saved_model.load`
-  registers each custom gradient of the SavedModel in TensorFlow's process-wide gradient
-  registry under a new name and never removes it, and that entry keeps the loaded functions'
-  graphs alive (about 220 MB a load for a DialoGPT-small export, whatever the weights' size).
-  The entries a version's load added are removed when it is unloaded, then `gc.collect()` and,
-  on glibc, `malloc_trim(0)`. See benchmarks/rollover.py and benchmarks/RESULTS.md.
+- An unloaded version's memory is given back (`saved_models.release_saved_model`: TensorFlow
+  keeps every load's graphs alive through its process-wide gradient registry otherwise). See
+  benchmarks/rollover.py and benchmarks/RESULTS.md.
 
 TensorFlow is imported only when a version is loaded or run.
 
