@@ -73,7 +73,9 @@ def status(pid: int | str = "self") -> dict[str, float]:
 
 def child(variant: str, path: str, rollovers: int) -> None:
     """Prints one JSON line per step: the RSS with one version loaded, after each rollover."""
-    import tensorflow as tf
+    from tfdialogpt._quiet import import_tensorflow
+
+    tf = import_tensorflow()
     import tensorflow_text  # noqa: F401  (the chat signatures' ops)
 
     release = variant.startswith("release")
@@ -210,7 +212,9 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
 
-    import tensorflow as tf
+    from tfdialogpt._quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     import tfdialogpt
 

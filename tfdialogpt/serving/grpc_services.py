@@ -52,6 +52,7 @@ from tfdialogpt.serving.errors import (
 from tfdialogpt.serving.limits import RequestLimits
 from tfdialogpt.serving.metrics import ServerMetrics
 from tfdialogpt.serving.protos import TensorDecodeError, apis, to_ndarray, to_tensor_proto
+from tfdialogpt.serving.request_checks import positions_per_row
 from tfdialogpt.serving.servables import ModelVersions, Servable
 
 log = logging.getLogger("tfdialogpt.serving")
@@ -270,10 +271,12 @@ class ModelServer:
         for key, value in inputs.items():  # REST's arrays (gRPC's were checked before decoding)
             self.request_limits.check_shape(key, value.shape)
         sig = servable.check(name, inputs)
+        rows = int(inputs[sig.input_names[0]].shape[0]) if inputs[sig.input_names[0]].ndim else 1
+        if contract.SIGNATURES.get(sig.name) is sig:
+            self.request_limits.check_tokens(rows, positions_per_row(sig, inputs, servable.limits))
         unknown = sorted(set(output_filter) - set(servable.functions[name].structured_outputs))
         if unknown:
             raise InvalidRequestError(f"output_filter names {unknown[0]!r}, which signature {name!r} does not produce")
-        rows = int(inputs[sig.input_names[0]].shape[0]) if inputs[sig.input_names[0]].ndim else 1
         task = _Task(servable, name, inputs, batch_key(servable, sig, inputs), rows)
         future = self.batcher.submit(task)
         if not call.add_callback(task.abandon):  # a client that goes away frees its slot

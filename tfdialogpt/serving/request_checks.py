@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from tfdialogpt.padding import padded_length
 from tfdialogpt.serving.signatures import (
     CHAT_DEFAULT,
     PARAMETERS,
@@ -161,3 +162,22 @@ def _check_score_values(inputs: Mapping[str, np.ndarray], limits: Limits) -> Non
         raise ContractError(f"target_mask[{first[0]}, 0] is 1; the first token has no context to be scored after")
     if mask.shape[1] > limits.max_positions:
         raise ContractError(f"rows of {mask.shape[1]} tokens exceed the model's {limits.max_positions} positions")
+
+
+def positions_per_row(sig: Signature, inputs: Mapping[str, np.ndarray], limits: Limits) -> int:
+    """The cache positions a row of this (checked) request can fill: its prompt padded to the
+    bucket the run uses, plus the most new tokens any row asks for; at most the model's.
+
+    A chat row's prompt is not tokenized yet: a token is at least one byte, plus one
+    end-of-turn token a turn, so its bytes bound it."""
+    positions = limits.max_positions
+    if sig.name == SCORE_SIGNATURE:
+        return min(int(inputs["attention_mask"].shape[1]), positions)
+    new = int(inputs["max_new_tokens"].max()) if "max_new_tokens" in inputs else limits.max_new_tokens_cap
+    if sig.inputs[0].name == "turns":
+        turns = inputs["turns"]
+        longest = max(sum(len(turn) + 1 for turn in row if len(turn)) for row in turns)
+    else:
+        longest = int(inputs["attention_mask"].sum(axis=1).max())
+    longest = max(1, min(longest, positions - new))
+    return min(padded_length(longest, new, positions) + new, positions)

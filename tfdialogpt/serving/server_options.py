@@ -150,6 +150,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="values one input tensor may declare; more are refused before decoding",
     )
     parser.add_argument(
+        "--max-tokens-per-request",
+        type=int,
+        default=RequestLimits.max_tokens,
+        help="rows x cache positions (padded prompt + max_new_tokens) one request may ask for; more are "
+        "refused (INVALID_ARGUMENT) before queueing",
+    )
+    parser.add_argument(
         "--ssl-config-file",
         help="TLS for the gRPC port: TF Serving's SSLConfig text proto (server_key, server_cert, custom_ca, "
         "client_verify); the REST port stays plain, as in TF Serving",
@@ -191,7 +198,7 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
         allowed_batch_sizes=allowed_batch_sizes,
         warmup=not args.no_warmup,
         models=models,
-        request_limits=RequestLimits(args.max_rows_per_request, args.max_values_per_input),
+        request_limits=RequestLimits(args.max_rows_per_request, args.max_values_per_input, args.max_tokens_per_request),
         ssl_config=read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None,
         rest_port=args.rest_api_port or None,
         rest_options=dict(

@@ -1,0 +1,71 @@
+"""A request may not ask for more KV-cache positions than `--max-tokens-per-request` (rows x
+(padded prompt + max_new_tokens)): a 64-row request of long histories is a few hundred KB on
+the wire and, on DialoGPT-small, 4.8 GB of cache. Expected positions are worked out by hand
+from the prompt buckets (16, 32, 64, ...)."""
+
+from __future__ import annotations
+
+import shutil
+
+import grpc
+import numpy as np
+import pytest
+from serving_utils import CAP, EOS, MODEL_NAME, ServerProcess, left_pad
+
+from tfdialogpt.serving import signatures as contract
+from tfdialogpt.serving.errors import InvalidRequestError
+from tfdialogpt.serving.limits import RequestLimits
+from tfdialogpt.serving.request_checks import positions_per_row
+
+LIMITS = contract.Limits(vocab_size=257, max_positions=96, eos_token_id=EOS, pad_token_id=EOS, max_new_tokens_cap=CAP)
+
+
+def _generate(rows, new):
+    ids, mask = left_pad(rows)
+    return {"input_ids": ids, "attention_mask": mask, **contract.setting_inputs({"max_new_tokens": new}, len(rows))}
+
+
+def test_positions_per_row_follow_the_buckets():
+    # The longest real prompt (5 tokens, whatever the padding sent) goes to bucket 16, + 8 new.
+    inputs = _generate([[1, 2, 3, 4, 5], [6, 7]], 8)
+    inputs["input_ids"] = np.pad(inputs["input_ids"], [[0, 0], [30, 0]])
+    inputs["attention_mask"] = np.pad(inputs["attention_mask"], [[0, 0], [30, 0]])
+    assert positions_per_row(contract.GENERATE, inputs, LIMITS) == 24
+    assert positions_per_row(contract.GENERATE, _generate([[1] * 20], 16), LIMITS) == 48  # bucket 32 + 16
+    assert positions_per_row(contract.GENERATE, _generate([[1] * 90], 6), LIMITS) == 96  # the model's positions
+    # Chat: bytes plus one end-of-turn a turn bound the tokens: "Hello" + "yo" = 7 + 2 -> 16 + 8.
+    chat = {"turns": np.array([[b"Hello", b"yo", b""]], object), **contract.setting_inputs({"max_new_tokens": 8})}
+    assert positions_per_row(contract.CHAT, chat, LIMITS) == 24
+    # serving_default has no max_new_tokens input: the export's cap (16) bounds it.
+    assert positions_per_row(contract.CHAT_DEFAULT, {"turns": np.array([[b"Hi"]], object)}, LIMITS) == 32
+    score = {"input_ids": np.ones((3, 40), np.int32)}
+    score["attention_mask"] = score["target_mask"] = score["input_ids"]
+    assert positions_per_row(contract.SCORE, score, LIMITS) == 40
+
+
+def test_check_tokens_refuses_more_than_the_limit():
+    limits = RequestLimits(max_tokens=200)
+    limits.check_tokens(8, 25)
+    with pytest.raises(InvalidRequestError, match=r"9 rows x 24 positions = 216 tokens .* at most 200"):
+        limits.check_tokens(9, 24)
+    with pytest.raises(ValueError):
+        RequestLimits(max_tokens=0)
+
+
+def test_the_server_refuses_a_request_over_its_token_limit(shared_export, tmp_path):
+    from tfdialogpt.serving.client import Client
+
+    base = tmp_path / MODEL_NAME
+    shutil.copytree(shared_export.path, base / "1")
+    server = ServerProcess(base, tmp_path / "server.log", "--max-tokens-per-request", "200", "--no-warmup")
+    try:
+        server.wait_for_version(1)
+        with Client(server.target, MODEL_NAME, timeout=60, max_positions=96, eos_token_id=EOS) as client:
+            prompt = [5, 9, 33, EOS]
+            with pytest.raises(InvalidRequestError, match="216 tokens") as err:
+                client.generate([prompt] * 9, max_new_tokens=8)  # 9 x (16 + 8)
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            out = client.generate([prompt] * 8, max_new_tokens=8)  # 8 x 24 = 192: answered
+            assert out.sequences.shape == (8, 8)
+    finally:
+        server.terminate()
