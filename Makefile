@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast format lint bench-generate bench-train bench-serve bench-data clean
+.PHONY: demo test test-fast format lint bench-generate bench-train bench-serve bench-hostile bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-train: $(VENV)/.installed-test
 
 bench-serve: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/serve.py
+
+bench-hostile: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/hostile.py --deadline-width 256
 
 bench-data: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/data.py
