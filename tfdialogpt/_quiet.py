@@ -16,17 +16,20 @@ import tempfile
 
 
 @contextlib.contextmanager
-def native_stderr_captured():
-    """Sends fd 2 to a temporary file inside the block; replays it if the block raises."""
+def native_stderr_collected():
+    """Sends fd 2 to a temporary file inside the block; yields a list that holds, once the
+    block ends, what was written there (the caller prints it or drops it). On an exception
+    the text is written out before it propagates."""
+    collected: list[str] = []
     if os.environ.get("TFDIALOGPT_TF_LOGS") == "1":
-        yield
+        yield collected
         return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            yield
+            yield collected
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -36,6 +39,15 @@ def native_stderr_captured():
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+        captured.seek(0)
+        collected.append(captured.read().decode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def native_stderr_captured():
+    """Sends fd 2 to a temporary file inside the block; replays it if the block raises."""
+    with native_stderr_collected():
+        yield
 
 
 def import_tensorflow():

@@ -319,7 +319,7 @@ def cmd_serve(args) -> int:
     from tfdialogpt.serving.server_options import server_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return serve(server_from_args(args), grace=args.grace)
+    return serve(server_from_args(args), grace=args.grace, exit_process=True)
 
 
 def cmd_demo(args) -> int:

@@ -54,11 +54,17 @@ class ExportResult:
 
 
 def next_version(base_path: str | os.PathLike) -> int:
-    """1 + the largest numeric version directory under `base_path` (1 if none)."""
+    """1 + the largest numeric version directory under `base_path` (1 if none).
+
+    Raises:
+        ValueError: `base_path` is a file.
+    """
     try:
         versions = [int(name) for name in os.listdir(base_path) if name.isascii() and name.isdigit()]
     except FileNotFoundError:
         return 1
+    except NotADirectoryError:
+        raise ValueError(f"base path {base_path} is a file; exports go into a directory of versions") from None
     return max(versions, default=0) + 1
 
 
@@ -108,9 +114,10 @@ def export(
 
     Raises:
         FileExistsError: the version directory exists already.
-        ValueError: a bad cap, version or warmup setting, no tokenizer for a model object, or a
-            tokenizer whose vocabulary does not fit the model.
+        ValueError: a bad cap, version or warmup setting, no tokenizer for a model object, a
+            tokenizer whose vocabulary does not fit the model, or a base path that is a file.
     """
+    next_version(base_path)  # a base path that is a file is refused before the model loads
     if not hasattr(model, "call_with_cache"):
         from tfdialogpt.model import DialoGPT
 

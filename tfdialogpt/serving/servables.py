@@ -239,6 +239,8 @@ class ModelVersions:
     def __init__(self, name: str, base_path: str, num_versions: int = 1, warmup: bool = True):
         if num_versions < 1:
             raise ValueError(f"num_versions must be at least 1, got {num_versions}")
+        if os.path.exists(base_path) and not os.path.isdir(base_path):
+            raise ValueError(f"model base path {base_path} is a file; it must be a directory of version directories")
         self.name, self.base_path = name, os.path.abspath(base_path)
         self.num_versions, self.warmup = num_versions, warmup
         self._lock = threading.Lock()
@@ -250,7 +252,7 @@ class ModelVersions:
     def _on_disk(self) -> dict[int, str]:
         try:
             names = os.listdir(self.base_path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not there (yet), or replaced by a file
             return {}
         found = {}
         for entry in names:

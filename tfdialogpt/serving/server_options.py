@@ -217,4 +217,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give exactly one of --model-base-path and --model-config-file")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    return serve(server_from_args(args), grace=args.grace)
+    return serve(server_from_args(args), grace=args.grace, exit_process=True)
