@@ -856,10 +856,25 @@ def test_a_second_server_on_the_same_grpc_port_exits_with_a_message(server, tmp_
     command += ["--host", "127.0.0.1", "--port", str(server.port), "--rest-api-port", "0"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=RPC_TIMEOUT)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"cannot listen on 127.0.0.1:{server.port}" in proc.stderr.strip().splitlines()[-1]
+    assert proc.stderr.strip().splitlines() == [
+        f"tfdialogpt serve: error: cannot listen on 127.0.0.1:{server.port} (gRPC): the address is in use or invalid"
+    ], "our line only (gRPC's own log line of the failed bind is dropped)"
     assert "Traceback" not in proc.stderr
     with _client(server) as client:  # the first one alone answers, as before
         assert "AVAILABLE" in [state for state, _ in client.status().values()]
+
+
+@pytest.mark.parametrize(
+    "command", ["serve --model-base-path {file} --port 0 --rest-api-port 0", "export --base-path {file}"]
+)
+def test_serve_and_export_on_a_file_exit_2_with_one_line(tmp_path, command):
+    path = tmp_path / "a-file.txt"
+    path.write_text("not a model directory\n")
+    args = [sys.executable, "-m", "tfdialogpt", *command.format(file=path).split()]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().count("\n") == 0 and "is a file" in proc.stderr, proc.stderr
+    assert path.read_text() == "not a model directory\n"
 
 
 # Last: it stops the module's server.
