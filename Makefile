@@ -46,7 +46,7 @@ bench-serve: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/serve.py
 
 bench-hostile: $(VENV)/.installed-test
-	$(BIN)/python benchmarks/hostile.py --deadline-width 256
+	$(BIN)/python benchmarks/hostile.py
 
 bench-data: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/data.py

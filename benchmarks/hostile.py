@@ -26,13 +26,13 @@ the tokens it got at the start. Goal (issue 14): the expected status, peak RSS g
    a client gets holds the server's absolute paths (the temporary directory); and SIGTERM
    against `--grace`.
 
-The deadline fault's default width is the most a request may send (max_positions - cap:
-64 x 1008 tokens on the DialoGPT-small shape), whose run needs several GB (by arithmetic, not
-run: a 4.8 GB KV cache, 3 GB of attention scores per layer in the prefill);
-`--deadline-width 256` bounds it (+2 GB measured).
+The token-limit fault sends the row limit's rows of the widest prompt (max_positions - cap:
+64 x 1008 tokens on the DialoGPT-small shape, a 4.8 GB KV cache); `--max-tokens-per-request`
+refuses it. The deadline fault sends the most that limit allows (8 rows of 1008 on that shape)
+on `generate`, whose run is stopped at its next decode step once its client has gone.
 
     python benchmarks/hostile.py --tiny     # the tests' tiny model: a smoke run, ~5 min
-    python benchmarks/hostile.py --deadline-width 256   # DialoGPT-small shape, random weights, ~11 min
+    python benchmarks/hostile.py   # DialoGPT-small shape, random weights, ~11 min
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+
+from tfdialogpt.serving.limits import RequestLimits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -167,6 +169,7 @@ class Hostile:
         from tfdialogpt.serving.protos import apis
 
         self.server, self.config, self.new, self.workdir, self.max_rows = server, config, new, workdir, max_rows
+        self.max_tokens = RequestLimits.max_tokens  # the server runs with the default
         self.pid = server.process.pid
         self.channel = grpc.insecure_channel(
             server.target,
@@ -338,8 +341,26 @@ def fault_2(h: Hostile, width: int, deadline: float) -> list[Row]:
         )
     )
 
-    label = "2 deadline, client gone"
+    label = "2 token limit"
     request = h.request("generate", h.ids(h.max_rows, width, seed=2), h.max_rows)
+    with PeakRss(h.pid) as rss:
+        code, details, _, seconds = h.predict(label, request)
+    ok, after = h.good()
+    rows.append(
+        Row(
+            label,
+            f"`generate`, {h.max_rows} rows (the row limit) x {width} tokens, max_new_tokens {h.new}",
+            status_cell(code, details) + f" in {seconds * 1000:.0f} ms",
+            "INVALID_ARGUMENT ('--max-tokens-per-request')",
+            code == "INVALID_ARGUMENT" and "max-tokens-per-request" in details and ok,
+            rss.growth,
+            after,
+        )
+    )
+
+    label = "2 deadline, client gone"
+    allowed = max(1, min(h.max_rows, h.max_tokens // h.config.max_positions))  # the most the token limit allows
+    request = h.request("generate", h.ids(allowed, width, seed=2), allowed)
     with PeakRss(h.pid) as rss:
         code, details, _, seconds = h.predict(label, request, timeout=deadline)
         ok, after, latency_ms = h.timed_good()
@@ -348,7 +369,7 @@ def fault_2(h: Hostile, width: int, deadline: float) -> list[Row]:
     rows.append(
         Row(
             label,
-            f"`generate`, {h.max_rows} rows (the row limit) x {width} tokens, max_new_tokens {h.new}, "
+            f"`generate`, {allowed} rows (the token limit's most) x {width} tokens, max_new_tokens {h.new}, "
             f"deadline {deadline} s; the good request right after",
             f"{status_cell(code, details)} after {seconds:.2f} s; the server stayed busy {busy:.0f} s more "
             "after the good answer",
