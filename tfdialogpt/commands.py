@@ -270,6 +270,8 @@ def cmd_finetune(args) -> int:
         clip_norm=args.clip_norm or None,
         accumulation_steps=args.accumulation_steps,
         max_seq_len=args.max_seq_len,
+        max_steps=args.max_steps,
+        shuffle_buffer=args.shuffle_buffer,
         precision=args.precision,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
