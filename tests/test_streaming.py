@@ -179,16 +179,42 @@ def test_cli_refuses_bad_max_steps_and_shuffle_buffer(corpus, tmp_path, capsys, 
     assert code == 2 and len(err.splitlines()) == 1 and flag[0][2:].replace("-", "_") in err, err
 
 
+def _turns(corpus):
+    return [d.turns for d in read_dialogues(corpus["train"]).dialogues]
+
+
+def test_streamed_files_are_prepared_in_the_output_then_trained_as_shards(corpus, tmp_path):
+    # Unshuffled: the fixture's shards are of 4 examples, the streamed copy's of 100,000.
+    settings = {**QUICK, "batch_size": 4, "epochs": 1, "max_steps": 3, "learning_rate": 1e-2, "max_seq_len": 64,
+                "shuffle_buffer": 0}  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "prepared").mkdir()  # what a run killed while preparing leaves: it is resumed, not refused
+    streamed = finetune(str(corpus["model"]), corpus["train"], output_dir=out, stream_files=True, **settings)
+    from_shards = finetune(str(corpus["model"]), str(corpus["prepared"]), **settings)
+    for a, b in zip(from_shards.model.weights, streamed.model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not (out / "prepared").exists() and (out / "tf_model.h5").is_file()
+    assert json.loads((out / "training_report.json").read_text())["train_data"] == str(out / "prepared" / "train")
+    with pytest.raises(ValueError, match="under output_dir"):
+        finetune(str(corpus["model"]), corpus["train"], stream_files=True, **settings)
+
+
 def test_prepared_data_of_another_max_seq_len_is_refused(corpus):
     with pytest.raises(ValueError, match="prepared with max_seq_len=64, not the 32 asked for"):
         finetune(str(corpus["model"]), str(corpus["prepared"]), max_seq_len=32, **QUICK)
 
 
 @pytest.mark.slow
-def test_streamed_run_killed_mid_epoch_resumes_to_the_same_weights(corpus, tmp_path):
+@pytest.mark.parametrize("data", ["prepared", "streamed_tsv"])
+def test_streamed_run_killed_mid_epoch_resumes_to_the_same_weights(corpus, tmp_path, data):
     settings = {"epochs": 2, "batch_size": 2, "learning_rate": 3e-3, "seed": 5, "checkpoint_every": 2,
-                "shuffle_buffer": 6, "jit_compile": False}  # fmt: skip
+                "shuffle_buffer": 6, "jit_compile": False, "max_seq_len": MAX_SEQ_LEN}  # fmt: skip
     model, train = corpus["model"], str(corpus["prepared"])
+    if data == "streamed_tsv":
+        train = tmp_path / "train.tsv"
+        train.write_text("".join(f"{d[0]}\t{d[1]}\n" for d in _turns(corpus)))
+        settings["stream_files"] = True
     _finish(_launch(tmp_path, _job(tmp_path, "straight", model, train, settings)))
 
     job = _job(tmp_path, "killed", model, train, settings, delay=0.3)
@@ -206,6 +232,8 @@ def test_streamed_run_killed_mid_epoch_resumes_to_the_same_weights(corpus, tmp_p
     assert victim.returncode == -signal.SIGKILL
     killed_at = json.loads(state_file.read_text())
     assert killed_at["epoch"] == 0 and killed_at["batch"] >= 4 and not Path(job["weights"]).exists()
+    if data == "streamed_tsv":
+        assert (Path(job["output"]) / "prepared" / "train" / "manifest.json").is_file()
 
     job.pop("delay")
     _finish(_launch(tmp_path, job))
@@ -213,6 +241,7 @@ def test_streamed_run_killed_mid_epoch_resumes_to_the_same_weights(corpus, tmp_p
     assert report["resumed_from"]["epoch"] == 0 and report["resumed_from"]["batch"] == killed_at["batch"]
     for a, b in zip(_weights(tmp_path / "straight.npz"), _weights(job["weights"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert not (Path(job["output"]) / "prepared").exists()  # the streamed copy is scratch
 
 
 @pytest.mark.slow

@@ -275,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="examples a prepared epoch is shuffled over (0: file order; default %(default)s)",
     )
     p.add_argument(
+        "--stream-files",
+        action="store_true",
+        default=TrainingSettings.stream_files,
+        help="prepare plain --train/--valid files under OUTPUT/prepared (resumable) and stream them, not read whole",
+    )
+    p.add_argument(
         "--precision",
         choices=["float32", "auto", "mixed_bfloat16", "mixed_float16"],
         default="float32",

@@ -272,6 +272,7 @@ def cmd_finetune(args) -> int:
         max_seq_len=args.max_seq_len,
         max_steps=args.max_steps,
         shuffle_buffer=args.shuffle_buffer,
+        stream_files=args.stream_files,
         precision=args.precision,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,

@@ -31,7 +31,14 @@ from tfdialogpt.training.callbacks import ResumableBackup, read_state
 from tfdialogpt.training.losses import LanguageModelLoss, Perplexity
 from tfdialogpt.training.optimization import make_optimizer
 from tfdialogpt.training.settings import DEFAULT_MAX_SEQ_LEN, TrainingSettings
-from tfdialogpt.training.sources import check_max_seq_len, make_batches, open_source
+from tfdialogpt.training.sources import (
+    STREAMED_DIR,
+    check_max_seq_len,
+    make_batches,
+    open_source,
+    prepare_files,
+    streamed_files_dir,
+)
 
 logger = logging.getLogger("tfdialogpt.training")
 
@@ -118,6 +125,8 @@ def check_output_dir(output_dir, model=None, backup_dir=None, overwrite: bool = 
         return
     if _has_backup(Path(backup_dir) if backup_dir else output / "backup"):
         return
+    if all(entry.name.startswith(STREAMED_DIR) and entry.is_dir() for entry in output.iterdir()):
+        return  # killed while its files were prepared for streaming (`stream_files`): prepare resumes
     raise OutputDirError(
         f"output directory {output} is not empty and holds no unfinished run of finetune to resume "
         "(no backup/training_state.json); choose a new or empty directory, or pass overwrite=True "
@@ -282,14 +291,20 @@ def finetune(
     strategy = distribution or distribute.make_strategy(settings.strategy)
     keras.utils.set_random_seed(settings.seed)
 
-    train_source = open_source(train, settings.strict, "train")
-    valid_source = open_source(valid, settings.strict, "valid") if valid is not None else None
+    if settings.stream_files and not output_dir:
+        raise ValueError("stream_files=True prepares the files under output_dir: pass one")
+    train_source = open_source(train, settings.strict, "train", settings.stream_files)
+    valid_source = open_source(valid, settings.strict, "valid", settings.stream_files) if valid is not None else None
     with strategy.scope():
         model, tokenizer = load_model_and_tokenizer(model, tokenizer, settings.precision)
+    wanted_seq_len = resolve_max_seq_len(settings.max_seq_len, model)
+    streamed_dir = streamed_files_dir(output_dir)
+    train_source = prepare_files(train_source, streamed_dir, tokenizer, wanted_seq_len, settings.strict)
+    valid_source = prepare_files(valid_source, streamed_dir, tokenizer, wanted_seq_len, settings.strict)
     for source in (train_source, valid_source):
         if source is not None:
             check_max_seq_len(source, settings.max_seq_len, model.config.max_positions)
-    max_seq_len = train_source.max_seq_len or resolve_max_seq_len(settings.max_seq_len, model)
+    max_seq_len = train_source.max_seq_len or wanted_seq_len
     batches = make_batches(train_source, tokenizer, max_seq_len, settings, _input_pipelines(train_source, strategy))
     valid_data = None
     if valid_source is not None and (valid_source.dialogues or valid_source.manifest):
@@ -357,6 +372,8 @@ def finetune(
         (Path(output_dir) / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
     if backup and backup_dir and Path(backup_dir).exists():
         shutil.rmtree(backup_dir, ignore_errors=True)
+    if settings.stream_files and streamed_dir.exists():
+        shutil.rmtree(streamed_dir, ignore_errors=True)
     return FinetuneResult(
         model,
         tokenizer,

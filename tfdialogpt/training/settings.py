@@ -27,6 +27,9 @@ class TrainingSettings:
     # Examples a prepared (streamed) epoch is shuffled over; 0 = no shuffling (file order).
     # In-memory data is permuted whole whenever it is > 0.
     shuffle_buffer: int = 10_000
+    # Plain .tsv/.jsonl/.yml files are prepared (chunk by chunk, one process, resumable) under
+    # `<output>/prepared` and streamed, not read whole; the copy is removed at the end.
+    stream_files: bool = False
     precision: str = "float32"  # float32 | auto | mixed_bfloat16 | mixed_float16
     seed: int = 0  # data order and dropout; same seed, same run
     checkpoint_every: int | None = None  # back up every N batches (and every epoch); None = epochs only

@@ -12,6 +12,8 @@ from tfdialogpt.training.examples import encode
 from tfdialogpt.training.readers import DataIssue, load_dialogues
 from tfdialogpt.training.shards import MANIFEST_FILE, PROGRESS_FILE, load_manifest
 
+STREAMED_DIR = "prepared"  # under the output directory: plain files prepared to be streamed
+
 
 def is_prepared(data) -> bool:
     """True for a directory holding a prepare run (finished or not): its manifest or progress file."""
@@ -33,6 +35,7 @@ class DataSource:
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (source, reason)
     num_examples: int = 0
     num_tokens: int = 0  # tokens with loss
+    files: str | os.PathLike | None = None  # plain files to prepare, then stream (`stream_files`)
 
     @property
     def max_seq_len(self) -> int | None:
@@ -40,13 +43,16 @@ class DataSource:
         return None if self.manifest is None else self.manifest["max_seq_len"]
 
 
-def open_source(data, strict: bool, what: str) -> DataSource:
-    """Reads dialogue files / lists whole, or only the manifest of a prepared directory.
+def open_source(data, strict: bool, what: str, stream_files: bool = False) -> DataSource:
+    """Reads dialogue files / lists whole, or only the manifest of a prepared directory; with
+    `stream_files`, dialogue files are not read yet (`prepare_files` does it, chunk by chunk).
 
     Raises:
         PreparedDataError: an unfinished or unreadable prepared directory.
         DataError: unreadable dialogue files, or malformed lines with `strict`.
     """
+    if stream_files and isinstance(data, (str, os.PathLike)) and not is_prepared(data):
+        return DataSource(what, [], files=data)
     if not is_prepared(data):
         dialogues, issues = load_dialogues(data, strict, what)
         return DataSource(what, issues, dialogues=dialogues)
@@ -67,6 +73,40 @@ def open_source(data, strict: bool, what: str) -> DataSource:
         num_examples=totals["examples"],
         num_tokens=totals["loss_tokens"],
     )
+
+
+def streamed_files_dir(output_dir) -> Path | None:
+    """Where `stream_files` prepares plain files: `<output>/prepared` (`prepared-<task>` on a
+    worker that is not the chief, as backups are kept apart)."""
+    from tfdialogpt.training import distribute
+
+    if not output_dir:
+        return None
+    return Path(output_dir) / (STREAMED_DIR if distribute.is_chief() else f"{STREAMED_DIR}-{distribute.task_id()}")
+
+
+def prepare_files(source: DataSource | None, directory, tokenizer, max_seq_len: int, strict: bool):
+    """`source.files` prepared into `directory/<train|valid>` (resumable: a killed run's
+    directory is continued), then opened as prepared data; any other source unchanged."""
+    from tfdialogpt.training.prepare import prepare
+
+    if source is None or source.files is None:
+        return source
+    target = Path(directory) / source.what
+    # Our own scratch copy: a killed run's is continued, one of other files replaced. One
+    # worker, in this process: spawning would re-import an unguarded `__main__` script (run
+    # `tfdialogpt prepare --workers N` first to tokenize in parallel).
+    prepare(
+        source.files,
+        target,
+        tokenizer,
+        max_seq_len=max_seq_len,
+        strict=strict,
+        overwrite=True,
+        workers=1,
+        progress=False,
+    )
+    return open_source(target, strict, source.what)
 
 
 def check_max_seq_len(source: DataSource, requested: int | None, positions: int) -> None:
