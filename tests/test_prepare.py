@@ -299,7 +299,10 @@ def test_cli_prepare(data, tokenizer, tmp_path):
 
 
 def test_the_skipped_list_is_capped_and_the_counts_kept(tokenizer, tmp_path, monkeypatch):
-    from tfdialogpt.training import prepare as prepare_module
+    import importlib
+
+    # the module (`from tfdialogpt.training import prepare` may give the function of that name)
+    prepare_module = importlib.import_module("tfdialogpt.training.prepare")
 
     monkeypatch.setattr(prepare_module, "MAX_SKIPPED_LISTED", 3)
     path = tmp_path / "noisy.tsv"

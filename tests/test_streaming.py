@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from test_training import _finish, _free_ports, _job, _launch, _weights, tiny_config
 
-from tfdialogpt.training import PreparedBatches, TokenizerMismatchError, finetune, prepare
+from tfdialogpt.training import PreparedBatches, TokenizerMismatchError, finetune
 from tfdialogpt.training.bpe import train_byte_level_bpe
 from tfdialogpt.training.examples import encode_dialogues
 from tfdialogpt.training.fit import fit_runs
 from tfdialogpt.training.pipeline import DialogueBatches, num_batches
+from tfdialogpt.training.prepare import prepare
 from tfdialogpt.training.readers import read_dialogues
 
 WORDS = "hello hi how are you fine thanks what is your name my name is tiny where do live in a test".split()
