@@ -1,4 +1,6 @@
-"""Data preparation throughput: `prepare` with 1 and 2 workers against `encode_dialogues`.
+"""Data benchmarks: `prepare` throughput (1 and 2 workers against `encode_dialogues`), and with
+`--finetune SIZES`, `finetune` on prepared shards: peak RSS at each corpus size, and steps/s
+streamed against in memory.
 
 A DialoGPT-style TSV is generated (turns of 3 to 25 words, 2 to 5 turns, some 0.0 weights);
 each contender runs in its own child process, timed from the call to the end (wall clock, and
@@ -12,6 +14,18 @@ CPU seconds of the process and its workers):
 
     python benchmarks/data.py                       # 20,000 dialogues, GPT-2's tokenizer if cached
     python benchmarks/data.py --dialogues 5000 --tokenizer default --repeats 1
+
+`--finetune 200000 5000000` (the default model and its tokenizer): the smallest size is
+generated as above and prepared; a larger one is that prepared directory's shards listed again
+and again (hard links, counts summed in the manifest) up to the size: the same examples
+repeated, which is all a streamed run can tell apart. Then, each in its own process:
+
+- peak RSS (`ru_maxrss`) of `tfdialogpt finetune --max-steps 20` on each size, and on the
+  smallest size's TSV read into memory, for contrast;
+- steps/s of `finetune` (median step time over steps 10..`--rate-steps`) from the shards and
+  from the same dialogues in memory, and each pipeline's own batches/s (no model; the first
+  2,000 batches of an epoch, timed from the first request, so the in-memory epoch's
+  permutation and the shuffle buffer's filling are in it).
 """
 
 from __future__ import annotations
@@ -100,12 +114,128 @@ def run_child(args, contender: str, workers: int, data: Path, scratch: Path) -> 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def link_copies(base: Path, target: Path, copies: int) -> dict:
+    """A prepared directory listing `base`'s shards `copies` times (hard links)."""
+    target.mkdir(parents=True)
+    manifest = json.loads((base / "manifest.json").read_text())
+    shards = []
+    for _ in range(copies):
+        for shard in manifest["shards"]:
+            name = f"shard-{len(shards):05d}.tfrecord"
+            os.link(base / shard["file"], target / name)
+            shards.append({**shard, "file": name})
+    totals = {k: v * copies if k in ("dialogues", "examples", "tokens", "loss_tokens") else v
+              for k, v in manifest["totals"].items()}  # fmt: skip
+    manifest = {**manifest, "shards": shards, "totals": totals}
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def peak_rss_mb(command: list[str]) -> float:
+    """Runs `command`; its peak resident memory in MiB."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    if status:
+        raise SystemExit(f"{command} failed ({status}):\n{process.stderr.read()[-3000:]}")
+    return usage.ru_maxrss / 1024
+
+
+def rate_child(args) -> dict:
+    """Median seconds per step of `finetune` on `args.data` (in a child process)."""
+    import keras
+
+    from tfdialogpt.training import finetune
+
+    times = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            times.append(time.perf_counter())
+
+    finetune("default", args.data, max_steps=args.rate_steps, batch_size=8, verbose=0, callbacks=[Clock()])
+    steps = sorted(b - a for a, b in zip(times[9:], times[10:], strict=False))
+    result = {"step_seconds": steps[len(steps) // 2]}
+    from tfdialogpt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained("default")
+    if Path(args.data).is_dir():
+        from tfdialogpt.training.streaming import PreparedBatches
+
+        batches = PreparedBatches(args.data, tokenizer, 8, tokenizer.eos_token_id)
+    else:
+        from tfdialogpt.training.examples import encode_dialogues
+        from tfdialogpt.training.pipeline import DialogueBatches
+        from tfdialogpt.training.readers import read_dialogues
+
+        examples = encode_dialogues(read_dialogues(args.data).dialogues, tokenizer, 128).examples
+        batches = DialogueBatches(examples, 8, tokenizer.eos_token_id)
+    count, start = 0, time.perf_counter()
+    for _ in batches.train_dataset(0, limit=2000):
+        count += 1
+    result["pipeline_batches_per_second"] = count / (time.perf_counter() - start)
+    return result
+
+
+def run_finetune_benchmarks(args) -> None:
+    sizes = sorted(args.finetune)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        tsv = scratch / "train.tsv"
+        write_tsv(tsv, sizes[0])
+        base = scratch / f"prepared-{sizes[0]}"
+        from tfdialogpt.training.prepare import prepare
+
+        start = time.perf_counter()
+        manifest = prepare(tsv, base, "default", max_seq_len=128, workers=2, progress=False)
+        print(f"prepared {sizes[0]:,} dialogues in {time.perf_counter() - start:.0f} s: "
+              f"{manifest['totals']['examples']:,} examples, {len(manifest['shards'])} shards")  # fmt: skip
+        prepared = {sizes[0]: base}
+        for size in sizes[1:]:
+            prepared[size] = scratch / f"prepared-{size}"
+            link_copies(base, prepared[size], max(1, round(size / sizes[0])))
+        cli = [sys.executable, "-m", "tfdialogpt", "finetune", "--model", "default", "--max-steps", "20", "--quiet"]
+        rows = []
+        for name, data in [*((f"shards, {n:,} dialogues", d) for n, d in prepared.items()),
+                           (f"in memory, {sizes[0]:,} dialogues (TSV)", tsv)]:  # fmt: skip
+            rss = peak_rss_mb([*cli, "--train", str(data), "--output", str(scratch / f"out-{len(rows)}")])
+            rows.append((name, rss))
+            print(f"  {name}: peak RSS {rss:,.0f} MiB", flush=True)
+        print("\n| finetune --max-steps 20 | peak RSS (MiB) | vs the smallest shards |\n|---|---|---|")
+        for name, rss in rows:
+            print(f"| {name} | {rss:,.0f} | {rss - rows[0][1]:+,.0f} MiB ({rss / rows[0][1]:.2f}x) |")
+        rates = {}
+        for _ in range(args.repeats):
+            for name, data in (("shards", base), ("in memory", tsv)):
+                command = [sys.executable, __file__, "--child", "rate", "--data", str(data)]
+                command += ["--rate-steps", str(args.rate_steps)]
+                env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+                out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+                if out.returncode != 0:
+                    raise SystemExit(f"rate {name} failed:\n{out.stderr[-3000:]}")
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                if name not in rates or result["step_seconds"] < rates[name]["step_seconds"]:
+                    rates[name] = result
+        shards, memory = rates["shards"], rates["in memory"]
+        print(f"\nsteps/s (median step, steps 10..{args.rate_steps}, batch 8): shards "
+              f"{1 / shards['step_seconds']:.1f}, in memory {1 / memory['step_seconds']:.1f}, "
+              f"ratio {memory['step_seconds'] / shards['step_seconds']:.3f}")  # fmt: skip
+        for name, result in rates.items():
+            rate = result["pipeline_batches_per_second"]
+            print(
+                f"pipeline alone ({name}): {rate:.0f} batches/s, {rate * result['step_seconds']:.1f}x the steps' demand"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dialogues", type=int, default=20_000)
     parser.add_argument("--tokenizer", default=None, help="default: GPT-2's if the tests cached it, else 'default'")
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="runs per contender (the best is shown)")
+    parser.add_argument("--finetune", type=int, nargs="+", default=None, metavar="DIALOGUES",
+                        help="finetune peak RSS at these corpus sizes, and steps/s (see above)")  # fmt: skip
+    parser.add_argument("--rate-steps", type=int, default=60, help="--finetune: steps timed per steps/s run")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -113,7 +243,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         args.contender = args.child
-        print(json.dumps(child(args)))
+        print(json.dumps(rate_child(args) if args.child == "rate" else child(args)))
+        return
+    if args.finetune:
+        run_finetune_benchmarks(args)
         return
     args.tokenizer = tokenizer_dir(args.tokenizer)
     with tempfile.TemporaryDirectory() as scratch:

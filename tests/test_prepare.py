@@ -3,6 +3,7 @@ resume after a kill, refusal of another run's output, the tokenizer check, the C
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -101,7 +102,7 @@ def test_shards_hold_encode_dialogues_examples_whatever_the_workers(data, tokeni
 def test_manifest_counts_skipped_lines_and_sources(data, tokenizer, prepared):
     encoded, issues = expected(data, tokenizer)
     manifest = json.loads((prepared / "manifest.json").read_text())
-    assert manifest["format"] == "tfdialogpt.prepared" and manifest["format_version"] == 1
+    assert manifest["format"] == "tfdialogpt.prepared" and manifest["format_version"] == 2
     assert manifest["totals"] == {
         "dialogues": 30 - 3 + 11 + 5,  # TSV: 30 lines - 2 malformed - blank; JSONL; YAML
         "examples": len(encoded.examples),
@@ -116,7 +117,14 @@ def test_manifest_counts_skipped_lines_and_sources(data, tokenizer, prepared):
         "examples": 7,
         "tokens": sum(len(ex.tokens) for ex in encoded.examples[:7]),
         "bytes": (prepared / "shard-00000.tfrecord").stat().st_size,
+        "length_counts": sorted(
+            [n, [ex.length for ex in encoded.examples[:7]].count(n)] for n in {ex.length for ex in encoded.examples[:7]}
+        ),
     }
+    every_shard = collections.Counter()
+    for shard in manifest["shards"]:
+        every_shard.update({length: count for length, count in shard["length_counts"]})
+    assert every_shard == collections.Counter(ex.length for ex in encoded.examples)
     malformed = [(str(i.path), i.line, "malformed", i.message) for i in issues]
     without = [(*src.rsplit(":", 1), "no_example", why) for src, why in encoded.skipped]
     without = [(path, int(line), kind, why) for path, line, kind, why in without]
@@ -291,7 +299,10 @@ def test_cli_prepare(data, tokenizer, tmp_path):
 
 
 def test_the_skipped_list_is_capped_and_the_counts_kept(tokenizer, tmp_path, monkeypatch):
-    from tfdialogpt.training import prepare as prepare_module
+    import importlib
+
+    # the module (`from tfdialogpt.training import prepare` may give the function of that name)
+    prepare_module = importlib.import_module("tfdialogpt.training.prepare")
 
     monkeypatch.setattr(prepare_module, "MAX_SKIPPED_LISTED", 3)
     path = tmp_path / "noisy.tsv"

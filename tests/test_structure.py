@@ -45,6 +45,8 @@ TF_FREE = [
     "tfdialogpt.training.chunks",
     "tfdialogpt.training.shards",
     "tfdialogpt.training.prepare",
+    "tfdialogpt.training.settings",
+    "tfdialogpt.training.sources",
 ]
 
 

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 from tfdialogpt import commands
+from tfdialogpt.training.settings import TrainingSettings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TF's C++ start-up chatter off the terminal
 
@@ -234,8 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         commands.cmd_finetune,
     )
     p.add_argument("--model", default="default", help="directory, hub id, or 'default'")
-    p.add_argument("--train", required=True, help="training data file or directory")
-    p.add_argument("--valid", default=None, help="validation data (loss and perplexity each epoch)")
+    p.add_argument(
+        "--train",
+        required=True,
+        help="a directory `tfdialogpt prepare` wrote (streamed), or a data file or directory (read whole)",
+    )
+    p.add_argument("--valid", default=None, help="validation data, as --train (loss and perplexity each epoch)")
     p.add_argument(
         "--output",
         required=True,
@@ -254,7 +259,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--clip-norm", type=float, default=1.0, help="global gradient norm clip (0: none)")
     p.add_argument("--accumulation-steps", type=int, default=1)
-    p.add_argument("--max-seq-len", type=int, default=None, help="default: min(128, the model's positions)")
+    p.add_argument(
+        "--max-seq-len", type=int, default=None, help="default: min(128, the model's positions); prepared data's own"
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=TrainingSettings.max_steps,
+        help="stop after N optimizer updates (default: all epochs)",
+    )
+    p.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=TrainingSettings.shuffle_buffer,
+        help="examples a prepared epoch is shuffled over (0: file order; default %(default)s)",
+    )
+    p.add_argument(
+        "--stream-files",
+        action="store_true",
+        default=TrainingSettings.stream_files,
+        help="prepare plain --train/--valid files under OUTPUT/prepared (resumable) and stream them, not read whole",
+    )
     p.add_argument(
         "--precision",
         choices=["float32", "auto", "mixed_bfloat16", "mixed_float16"],

@@ -8,9 +8,10 @@
 Modules: `readers` (dialogue files; no TensorFlow), `examples` (DialoGPT's example layout;
 NumPy only), `prepare` (files tokenized once, in parallel, into TFRecord shards; `chunks` is
 the workers' part, `records` the TF-free `tf.train.Example` encoding), `shards` (the manifest,
-`read_prepared`), `pipeline` (`tf.data`), `fit` (`finetune`), `evaluation` (`evaluate`), `losses`,
-`metrics`, `optimization`, `callbacks`, `distribute`, `bpe`, and `_compat` (private Keras
-workarounds). Public names are imported lazily, so reading data loads no TensorFlow.
+`read_prepared`), `pipeline` (`tf.data` batches), `streaming` (prepared shards streamed),
+`sources` (which of the two), `settings` (`TrainingSettings`), `fit` (`finetune`),
+`evaluation` (`evaluate`), `losses`, `metrics`, `optimization`, `callbacks`, `distribute`,
+`bpe`, and `_compat` (private Keras workarounds). Public names are imported lazily, so reading data loads no TensorFlow.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ _PUBLIC = {
     "FinetuneResult": "tfdialogpt.training.fit",
     "LanguageModelLoss": "tfdialogpt.training.losses",
     "OutputDirError": "tfdialogpt.training.fit",
+    "PreparedBatches": "tfdialogpt.training.streaming",
     "Perplexity": "tfdialogpt.training.losses",
     "PreparedDataError": "tfdialogpt.training.shards",
     "ResumableBackup": "tfdialogpt.training.callbacks",
     "TokenizerMismatchError": "tfdialogpt.training.shards",
-    "TrainingSettings": "tfdialogpt.training.fit",
+    "TrainingSettings": "tfdialogpt.training.settings",
     "WarmupDecay": "tfdialogpt.training.optimization",
     "build_example": "tfdialogpt.training.examples",
     "dtype_policy": "tfdialogpt.training.fit",

@@ -2,7 +2,8 @@
 
 Run settings (`TrainingSettings`) are kept apart from the model's hyperparameters
 (`DialoGPTConfig`). The model is trained by plain `compile` / `fit`, with the pieces of this
-package: `DialogueBatches` (data), `LanguageModelLoss` + `Perplexity`, `make_optimizer`
+package: `DialogueBatches` / `PreparedBatches` (data, in memory or streamed from shards;
+`sources.py` picks), `LanguageModelLoss` + `Perplexity`, `make_optimizer`
 (AdamW, warmup and decay, clipping, accumulation), `ResumableBackup` (resume after a kill).
 `check_output_dir` keeps a run from writing over the model it starts from, or over a
 directory it did not make.
@@ -27,57 +28,21 @@ import tensorflow as tf
 
 from tfdialogpt.training import _compat, distribute
 from tfdialogpt.training.callbacks import ResumableBackup, read_state
-from tfdialogpt.training.examples import encode
 from tfdialogpt.training.losses import LanguageModelLoss, Perplexity
 from tfdialogpt.training.optimization import make_optimizer
-from tfdialogpt.training.pipeline import DialogueBatches
-from tfdialogpt.training.readers import load_dialogues
+from tfdialogpt.training.settings import DEFAULT_MAX_SEQ_LEN, TrainingSettings
+from tfdialogpt.training.sources import (
+    STREAMED_DIR,
+    check_max_seq_len,
+    make_batches,
+    open_source,
+    prepare_files,
+    streamed_files_dir,
+)
 
 logger = logging.getLogger("tfdialogpt.training")
 
-PRECISIONS = ("float32", "auto", "mixed_bfloat16", "mixed_float16")
 REPORT_NAME = "training_report.json"
-DEFAULT_MAX_SEQ_LEN = 128  # DialoGPT's prepro.py default
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingSettings:
-    """How to train (not what the model is: that is `DialoGPTConfig`)."""
-
-    epochs: int = 3  # passes over the training data
-    batch_size: int = 8  # dialogues per batch (global: split across replicas)
-    learning_rate: float = 5e-5  # peak AdamW learning rate
-    warmup_steps: int | None = None  # optimizer updates of linear warmup; None = 10% of the run
-    decay: str = "linear"  # after warmup: linear | cosine | noam | constant
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (not on LayerNorm and biases)
-    clip_norm: float | None = 1.0  # clip the global gradient norm; None = no clipping
-    accumulation_steps: int = 1  # batches whose gradients are averaged per update
-    max_seq_len: int | None = None  # longest input, older turns dropped to fit; None = min(128, positions)
-    precision: str = "float32"  # float32 | auto | mixed_bfloat16 | mixed_float16
-    seed: int = 0  # data order and dropout; same seed, same run
-    checkpoint_every: int | None = None  # back up every N batches (and every epoch); None = epochs only
-    backup_dir: str | None = None  # where backups go; default `<output>/backup`
-    tensorboard: bool = False  # write TensorBoard logs to `<output>/logs`
-    early_stopping_patience: int | None = None  # epochs without a better val_loss before stopping
-    strict: bool = False  # raise on malformed data lines instead of reporting and skipping them
-    jit_compile: bool | str = "auto"  # XLA for the train step; auto = on for one device
-    strategy: str = "auto"  # auto | default | mirrored | multi_worker (see distribute.make_strategy)
-    bucket_lengths: tuple[int, ...] | None = None  # padded lengths; None = powers of two
-    verbose: int | str = "auto"  # Keras progress bar (0 = silent)
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "accumulation_steps", "max_seq_len"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"`precision` must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ValueError(f"`checkpoint_every` must be >= 1, got {self.checkpoint_every}")
-
-    def replace(self, **changes: Any) -> TrainingSettings:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclasses.dataclass
@@ -160,6 +125,8 @@ def check_output_dir(output_dir, model=None, backup_dir=None, overwrite: bool = 
         return
     if _has_backup(Path(backup_dir) if backup_dir else output / "backup"):
         return
+    if all(entry.name.startswith(STREAMED_DIR) and entry.is_dir() for entry in output.iterdir()):
+        return  # killed while its files were prepared for streaming (`stream_files`): prepare resumes
     raise OutputDirError(
         f"output directory {output} is not empty and holds no unfinished run of finetune to resume "
         "(no backup/training_state.json); choose a new or empty directory, or pass overwrite=True "
@@ -285,8 +252,9 @@ def finetune(
     Args:
         model: `"default"`, a checkpoint directory, a hub id, or a `DialoGPT` instance (then
             also pass `tokenizer`).
-        train: a .tsv / .jsonl / .yml file (or a directory of them), or a list of
-            `Dialogue`s or turn lists.
+        train: a directory written by `prepare` (streamed from its shards), a .tsv / .jsonl /
+            .yml file (or a directory of them), or a list of `Dialogue`s or turn lists (these
+            are read whole and encoded in memory).
         valid: the same, for validation loss / perplexity after every epoch.
         output_dir: where the trained model, its tokenizer, `training_report.json`,
             backups and logs go. None: keep the model in memory only.
@@ -301,6 +269,7 @@ def finetune(
     Raises:
         OutputDirError: `output_dir` refused (checked first: nothing is read or written).
         DataError: no usable example, or malformed lines with `strict=True`.
+        TokenizerMismatchError: prepared data made with another tokenizer than the model's.
 
     A run whose `output_dir` (or `backup_dir`) holds a backup from a killed run continues
     from it, batch for batch, and ends with the weights an uninterrupted run would have.
@@ -322,24 +291,29 @@ def finetune(
     strategy = distribution or distribute.make_strategy(settings.strategy)
     keras.utils.set_random_seed(settings.seed)
 
-    train_dialogues, train_issues = load_dialogues(train, settings.strict, "train")
-    valid_dialogues, valid_issues = load_dialogues(valid, settings.strict, "valid") if valid is not None else ([], [])
+    if settings.stream_files and not output_dir:
+        raise ValueError("stream_files=True prepares the files under output_dir: pass one")
+    train_source = open_source(train, settings.strict, "train", settings.stream_files)
+    valid_source = open_source(valid, settings.strict, "valid", settings.stream_files) if valid is not None else None
     with strategy.scope():
         model, tokenizer = load_model_and_tokenizer(model, tokenizer, settings.precision)
-    max_seq_len = resolve_max_seq_len(settings.max_seq_len, model)
-    train_examples = encode(train_dialogues, tokenizer, max_seq_len, "train")
-    pad_id = tokenizer.eos_token_id
-    batches = DialogueBatches(
-        train_examples.examples, settings.batch_size, pad_id, settings.seed, settings.bucket_lengths
-    )
+    wanted_seq_len = resolve_max_seq_len(settings.max_seq_len, model)
+    streamed_dir = streamed_files_dir(output_dir)
+    train_source = prepare_files(train_source, streamed_dir, tokenizer, wanted_seq_len, settings.strict)
+    valid_source = prepare_files(valid_source, streamed_dir, tokenizer, wanted_seq_len, settings.strict)
+    for source in (train_source, valid_source):
+        if source is not None:
+            check_max_seq_len(source, settings.max_seq_len, model.config.max_positions)
+    max_seq_len = train_source.max_seq_len or wanted_seq_len
+    batches = make_batches(train_source, tokenizer, max_seq_len, settings, _input_pipelines(train_source, strategy))
     valid_data = None
-    if valid_dialogues:
-        valid_examples = encode(valid_dialogues, tokenizer, max_seq_len, "valid")
-        valid_data = DialogueBatches(
-            valid_examples.examples, settings.batch_size, pad_id, settings.seed, settings.bucket_lengths
-        ).eval_dataset()
+    if valid_source is not None and (valid_source.dialogues or valid_source.manifest):
+        valid_data = make_batches(valid_source, tokenizer, max_seq_len, settings).eval_dataset()
 
-    total_updates = max(1, math.ceil(batches.batches_per_epoch * settings.epochs / settings.accumulation_steps))
+    total_batches = batches.batches_per_epoch * settings.epochs
+    if settings.max_steps is not None:
+        total_batches = min(total_batches, settings.max_steps * settings.accumulation_steps)
+    total_updates = max(1, math.ceil(total_batches / settings.accumulation_steps))
     with strategy.scope():
         compile_for_training(model, settings, total_updates, _resolve_jit(settings.jit_compile, strategy))
 
@@ -373,64 +347,96 @@ def finetune(
     history: dict[str, list[float]] = {}
     fit_args = dict(validation_data=valid_data, callbacks=all_callbacks, verbose=settings.verbose, shuffle=False)
     _compat.build_before_fit(model, strategy, batches)
+    runs = fit_runs(batches.batches_per_epoch, settings.epochs, start_epoch, skip, total_batches)
     with strategy.scope(), _compat.multi_worker_logs(strategy):
-        _fit(model, batches, settings, start_epoch, skip, backup, history, fit_args)
-    if resumed and not skip and start_epoch >= settings.epochs:
-        backup.restore(model)  # killed after its last epoch, before saving: nothing left to train
+        _fit(model, batches, strategy, runs, backup, history, fit_args)
+    if resumed and not runs:
+        backup.restore(model)  # killed after its last batch, before saving: nothing left to train
 
     if output_dir and chief:
         model.save_pretrained(output_dir, tokenizer=tokenizer)
         report = {
             "settings": dataclasses.asdict(settings),
             "history": history,
-            "train_examples": len(train_examples.examples),
-            "train_tokens_with_loss": train_examples.num_tokens,
-            "malformed_lines": {"train": [str(i) for i in train_issues], "valid": [str(i) for i in valid_issues]},
-            "skipped_dialogues": [f"{src}: {why}" for src, why in train_examples.skipped],
+            "train_data": train_source.prepared or "in memory",
+            "input_pipelines": getattr(batches, "num_pipelines", 1),  # one per worker: each reads its own shards
+            "train_examples": train_source.num_examples,
+            "train_tokens_with_loss": train_source.num_tokens,
+            "malformed_lines": {
+                "train": [str(i) for i in train_source.issues],
+                "valid": [str(i) for i in valid_source.issues] if valid_source else [],
+            },
+            "skipped_dialogues": [f"{src}: {why}" for src, why in train_source.skipped],
             "resumed_from": resumed and {k: resumed[k] for k in ("epoch", "batch")},
         }
         (Path(output_dir) / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
     if backup and backup_dir and Path(backup_dir).exists():
         shutil.rmtree(backup_dir, ignore_errors=True)
+    if settings.stream_files and streamed_dir.exists():
+        shutil.rmtree(streamed_dir, ignore_errors=True)
     return FinetuneResult(
         model,
         tokenizer,
         history,
-        train_issues,
-        valid_issues,
-        train_examples.skipped,
+        train_source.issues,
+        valid_source.issues if valid_source else [],
+        train_source.skipped,
         resumed,
         str(output_dir) if output_dir else None,
     )
 
 
-def _fit(model, batches, settings, start_epoch, skip, backup, history, fit_args) -> None:
-    if skip and start_epoch < settings.epochs:
-        # Finish the interrupted epoch alone: Keras epochs have one length per `fit`.
-        backup.batch_offset = skip
-        _merge(
-            history,
-            model.fit(
-                batches.train_dataset(start_epoch, start_epoch + 1, skip),
-                initial_epoch=start_epoch,
-                epochs=start_epoch + 1,
-                **fit_args,
-            ),
+def _input_pipelines(source, strategy) -> int:
+    """Input pipelines for `source`: one per worker for prepared data under
+    `MultiWorkerMirroredStrategy` (each reads its own shards), else one (tf.data's DATA
+    sharding then gives each replica its part of every global batch)."""
+    if source.manifest is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    workers = max(1, distribute.num_workers())
+    if strategy.num_replicas_in_sync != workers:
+        raise ValueError(
+            f"prepared data under multi_worker needs one device per worker; found {strategy.num_replicas_in_sync} "
+            f"replicas on {workers} workers"
         )
-        start_epoch += 1
+    return workers
+
+
+def fit_runs(batches_per_epoch: int, epochs: int, start_epoch: int, skip: int, total_batches: int) -> list:
+    """The `fit` calls that train batches `start_epoch * batches_per_epoch + skip` up to
+    `total_batches` of the run: `(first epoch, end epoch, batches skipped, batches per epoch)`.
+
+    Keras epochs have one length per `fit`, so an epoch entered mid-way (resumed) or left
+    mid-way (`max_steps`) is a `fit` of its own.
+
+    Example:
+        >>> fit_runs(10, 3, 0, 4, 25)  # resumed at batch 4, stopped after batch 25
+        [(0, 1, 4, 6), (1, 2, 0, 10), (2, 3, 0, 5)]
+    """
+    runs, epoch, done = [], start_epoch, start_epoch * batches_per_epoch + skip
+    while done < total_batches and epoch < epochs:
+        first = done - epoch * batches_per_epoch  # batches of `epoch` already done
+        if first == 0 and total_batches - done >= batches_per_epoch:
+            full = min(epochs - epoch, (total_batches - done) // batches_per_epoch)
+            runs.append((epoch, epoch + full, 0, batches_per_epoch))
+            epoch, done = epoch + full, done + full * batches_per_epoch
+            continue
+        steps = min(batches_per_epoch, total_batches - epoch * batches_per_epoch) - first
+        runs.append((epoch, epoch + 1, first, steps))
+        epoch, done = epoch + 1, (epoch + 1) * batches_per_epoch
+    return runs
+
+
+def _fit(model, batches, strategy, runs, backup, history, fit_args) -> None:
+    for first, end, skip, steps in runs:
+        if backup is not None:
+            backup.batch_offset = skip  # batches of the first epoch done before this fit
+        partial = skip or steps < batches.batches_per_epoch
+        data = batches.train_dataset(first, end, skip, steps if partial else None)
+        if callable(data):  # one input pipeline per worker
+            data = strategy.distribute_datasets_from_function(data)
+        _merge(history, model.fit(data, steps_per_epoch=steps, initial_epoch=first, epochs=end, **fit_args))
         if model.stop_training:  # early stopping
             return
-    if start_epoch < settings.epochs:
-        _merge(
-            history,
-            model.fit(
-                batches.train_dataset(start_epoch, settings.epochs),
-                steps_per_epoch=batches.batches_per_epoch,
-                initial_epoch=start_epoch,
-                epochs=settings.epochs,
-                **fit_args,
-            ),
-        )
 
 
 def _merge(history: dict, fit_history) -> None:

@@ -28,10 +28,60 @@ def bucket_lengths_for(max_seq_len: int, smallest: int = 16) -> tuple[int, ...]:
     return tuple(lengths) + (max_seq_len,)
 
 
+def batches_for_lengths(lengths, counts, batch_size: int, bucket_lengths: Sequence[int]) -> int:
+    """Batches of an epoch with `counts[i]` examples of length `lengths[i]`: every bucket ends
+    with one partial batch, so the order of the examples does not matter."""
+    buckets = np.searchsorted(np.asarray(bucket_lengths), np.asarray(lengths, np.int64))
+    per_bucket = np.bincount(buckets, weights=np.asarray(counts, np.float64), minlength=len(bucket_lengths) + 1)
+    return int(sum(math.ceil(n / batch_size) for n in per_bucket.astype(np.int64).tolist()))
+
+
 def num_batches(examples: Sequence[Example], batch_size: int, bucket_lengths: Sequence[int]) -> int:
-    """Batches per epoch: every bucket ends with one partial batch; order does not matter."""
-    buckets = np.searchsorted(np.asarray(bucket_lengths), [ex.length for ex in examples])
-    return int(sum(math.ceil(n / batch_size) for n in np.bincount(buckets)))
+    """Batches per epoch of `examples` (see `batches_for_lengths`)."""
+    return batches_for_lengths([ex.length for ex in examples], [1] * len(examples), batch_size, bucket_lengths)
+
+
+def batch_examples(ds, batch_size: int, bucket_lengths: Sequence[int], pad_token_id: int):
+    """Examples `(tokens [n + 1], weights [n])` -> `(inputs, labels, weights)` batches: bucketed
+    by length (a length n goes to the smallest bucket >= n), padded to the bucket's length and
+    to `batch_size` rows (rows of weight 0), so every batch has one of a few static shapes."""
+
+    def example(tokens, weights):
+        return {
+            "input_ids": tokens[:-1],
+            "attention_mask": tf.ones_like(weights, tf.int32),
+            "labels": tokens[1:],
+            "weights": weights,
+        }
+
+    ds = ds.map(example)
+    ds = ds.bucket_by_sequence_length(
+        element_length_func=lambda e: tf.shape(e["weights"])[0],
+        bucket_boundaries=[length + 1 for length in bucket_lengths],
+        bucket_batch_sizes=[batch_size] * (len(bucket_lengths) + 1),
+        padding_values={"input_ids": pad_token_id, "attention_mask": 0, "labels": pad_token_id, "weights": 0.0},
+        pad_to_bucket_boundary=True,
+    )
+
+    def fill(batch):
+        missing = batch_size - tf.shape(batch["weights"])[0]
+        batch = {k: tf.pad(v, [[0, missing], [0, 0]], constant_values=0) for k, v in batch.items()}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return inputs, batch["labels"], batch["weights"]
+
+    return ds.map(fill)
+
+
+def finish(ds, cardinality: int, shard_policy=None):
+    """Deterministic order, a known length, prefetch; `shard_policy` for `tf.distribute`
+    (default DATA: each replica takes its part of every global batch)."""
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA if shard_policy is None else shard_policy
+    )
+    ds = ds.apply(tf.data.experimental.assert_cardinality(cardinality))
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 class DialogueBatches:
@@ -48,6 +98,7 @@ class DialogueBatches:
         pad_token_id: filler for padded inputs (masked out, weight 0).
         seed: the shuffle order of epoch e is a pure function of (seed, e).
         bucket_lengths: padded lengths; default powers of two up to the longest example.
+        shuffle: False keeps the examples' order in every epoch.
     """
 
     def __init__(
@@ -57,6 +108,7 @@ class DialogueBatches:
         pad_token_id: int,
         seed: int = 0,
         bucket_lengths: Sequence[int] | None = None,
+        shuffle: bool = True,
     ):
         if not examples:
             raise DataError("no training examples: every dialogue was malformed, too long or had no loss")
@@ -66,6 +118,7 @@ class DialogueBatches:
         self.batch_size = batch_size
         self.pad_token_id = pad_token_id
         self.seed = seed
+        self.shuffle = shuffle
         longest = max(ex.length for ex in self.examples)
         self.bucket_lengths = tuple(sorted(bucket_lengths or bucket_lengths_for(longest)))
         if self.bucket_lengths[-1] < longest:
@@ -91,55 +144,29 @@ class DialogueBatches:
             order = tf.argsort(tf.random.stateless_uniform([n], seed=seed))
         else:
             order = tf.range(n)
-
-        def example(i):
-            seq, w = tokens[i], weights[i]
-            return {"input_ids": seq[:-1], "attention_mask": tf.ones_like(w, tf.int32), "labels": seq[1:], "weights": w}
-
-        ds = tf.data.Dataset.from_tensor_slices(order).map(example)
-        ds = ds.bucket_by_sequence_length(
-            element_length_func=lambda e: tf.shape(e["weights"])[0],
-            bucket_boundaries=[length + 1 for length in self.bucket_lengths],
-            bucket_batch_sizes=[self.batch_size] * (len(self.bucket_lengths) + 1),
-            padding_values={
-                "input_ids": self.pad_token_id,
-                "attention_mask": 0,
-                "labels": self.pad_token_id,
-                "weights": 0.0,
-            },
-            pad_to_bucket_boundary=True,
-        )
-        ds = ds.map(self._fill_batch)
+        ds = tf.data.Dataset.from_tensor_slices(order).map(lambda i: (tokens[i], weights[i]))
+        ds = batch_examples(ds, self.batch_size, self.bucket_lengths, self.pad_token_id)
         return ds.skip(tf.cast(skip_batches, tf.int64))
 
-    def _fill_batch(self, batch):
-        missing = self.batch_size - tf.shape(batch["weights"])[0]
-        batch = {k: tf.pad(v, [[0, missing], [0, 0]], constant_values=0) for k, v in batch.items()}
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        return inputs, batch["labels"], batch["weights"]
-
-    @staticmethod
-    def _finish(ds, cardinality: int):
-        options = tf.data.Options()
-        options.deterministic = True
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        ds = ds.apply(tf.data.experimental.assert_cardinality(cardinality))
-        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-    def train_dataset(self, start_epoch: int = 0, end_epoch: int | None = None, skip_batches: int = 0):
+    def train_dataset(
+        self, start_epoch: int = 0, end_epoch: int | None = None, skip_batches: int = 0, limit: int | None = None
+    ):
         """Epochs `start_epoch .. end_epoch - 1` back to back, shuffled, the first one without
-        its first `skip_batches` batches (for resuming a killed run)."""
+        its first `skip_batches` batches (for resuming a killed run); at most `limit` batches."""
         end_epoch = start_epoch + 1 if end_epoch is None else end_epoch
         if not 0 <= skip_batches < self.batches_per_epoch:
             raise ValueError(f"skip_batches must be in [0, {self.batches_per_epoch}), got {skip_batches}")
         tokens, weights = self._tensors()
         epochs = tf.data.Dataset.range(start_epoch, end_epoch)
         ds = epochs.flat_map(
-            lambda e: self._epoch(tokens, weights, e, tf.where(e == start_epoch, skip_batches, 0), shuffle=True)
+            lambda e: self._epoch(tokens, weights, e, tf.where(e == start_epoch, skip_batches, 0), self.shuffle)
         )
-        return self._finish(ds, (end_epoch - start_epoch) * self.batches_per_epoch - skip_batches)
+        count = (end_epoch - start_epoch) * self.batches_per_epoch - skip_batches
+        if limit is not None:
+            ds, count = ds.take(limit), min(limit, count)
+        return finish(ds, count)
 
     def eval_dataset(self):
         """One pass in file order (bucketed), for `evaluate` and validation."""
         tokens, weights = self._tensors()
-        return self._finish(self._epoch(tokens, weights, 0, 0, shuffle=False), self.batches_per_epoch)
+        return finish(self._epoch(tokens, weights, 0, 0, shuffle=False), self.batches_per_epoch)

@@ -143,9 +143,15 @@ def _open_output(directory: Path, run: dict, overwrite: bool) -> tuple[str, dict
         try:
             previous = json.loads(state_file.read_text(encoding="utf-8"))
             previous_run = {k: previous[k] for k in run} if done else previous["run"]
+            version = previous["format_version"]
         except (ValueError, KeyError, TypeError):
-            previous_run = None
-        why = "an unreadable " + state_file.name if previous_run is None else _difference(previous_run, run)
+            previous_run = version = None
+        if previous_run is None:
+            why = "an unreadable " + state_file.name
+        elif version != FORMAT_VERSION:
+            why = f"format version {version!r}, not {FORMAT_VERSION}"
+        else:
+            why = _difference(previous_run, run)
         if not why:
             if done:
                 return "done", previous
@@ -171,6 +177,7 @@ class _ShardWriter:
     def __init__(self, directory: Path, index: int):
         self.directory, self.index = directory, index
         self._writer, self.examples, self.tokens = None, 0, 0
+        self.lengths = collections.Counter()  # examples per length (labels), for batch counts
 
     def write(self, record: bytes, tokens: int) -> None:
         if self._writer is None:
@@ -181,6 +188,7 @@ class _ShardWriter:
         self._writer.write(record)
         self.examples += 1
         self.tokens += tokens
+        self.lengths[tokens - 1] += 1
 
     def _path(self, suffix: str = "") -> Path:
         return self.directory / (SHARD_PATTERN.format(index=self.index) + suffix)
@@ -192,7 +200,9 @@ class _ShardWriter:
         os.replace(self._path(".tmp"), self._path())
         shard = {"file": self._path().name, "examples": self.examples, "tokens": self.tokens}
         shard["bytes"] = self._path().stat().st_size
+        shard["length_counts"] = sorted(map(list, self.lengths.items()))
         self.index, self._writer, self.examples, self.tokens = self.index + 1, None, 0, 0
+        self.lengths = collections.Counter()
         return shard
 
     def close(self) -> None:

@@ -3,14 +3,19 @@
 A prepared directory holds TFRecord shards of `tf.train.Example`s (`tokens` int64 list,
 `weights` float list; see `records.py`) and a `manifest.json` that says how they were made:
 
-    {"format": "tfdialogpt.prepared", "format_version": 1,
+    {"format": "tfdialogpt.prepared", "format_version": 2,
      "tokenizer": {"fingerprint": "sha256:...", "vocab_size": 50257, "eos_token_id": 50256},
      "max_seq_len": 128, "shard_size": 100000, "strict": false,
      "sources": [{"path": "train.tsv", "resolved": "/data/train.tsv", "size": ..., "mtime_ns": ...}],
-     "shards": [{"file": "shard-00000.tfrecord", "examples": 100000, "tokens": ..., "bytes": ...}],
+     "shards": [{"file": "shard-00000.tfrecord", "examples": 100000, "tokens": ..., "bytes": ...,
+                 "length_counts": [[5, 312], [6, 401], ...]}],
      "totals": {"dialogues": ..., "examples": ..., "tokens": ..., "loss_tokens": ...,
                 "malformed_lines": ..., "dialogues_without_example": ...},
      "skipped": [{"file": "train.tsv", "line": 7, "kind": "malformed", "reason": "..."}], ...}
+
+`length_counts` lists a shard's examples per length (labels, n): enough to know how many
+batches an epoch of any batch size and buckets has without reading the data. Version 2
+added it; version 1 directories are refused (prepare them again).
 
 A run still under way (or killed) has `progress.json` instead of `manifest.json`.
 
@@ -26,7 +31,7 @@ from pathlib import Path
 from tfdialogpt.training.readers import DataError
 
 FORMAT = "tfdialogpt.prepared"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards list their length_counts
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
 SHARD_PATTERN = "shard-{index:05d}.tfrecord"
@@ -129,11 +134,26 @@ def read_prepared(directory: str | os.PathLike, tokenizer):
     from tfdialogpt._quiet import import_tensorflow
 
     tf = import_tensorflow()
-    features = {"tokens": tf.io.RaggedFeature(tf.int64), "weights": tf.io.RaggedFeature(tf.float32)}
-
-    def parse(record):
-        example = tf.io.parse_single_example(record, features)
-        return tf.cast(example["tokens"], tf.int32), example["weights"]
-
-    ds = tf.data.TFRecordDataset(paths).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.TFRecordDataset(paths).map(parse_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.apply(tf.data.experimental.assert_cardinality(manifest["totals"]["examples"]))
+
+
+def parse_record(record):
+    """One serialized example -> `(tokens int32 [n + 1], weights float32 [n])` (a `tf.data` map)."""
+    import tensorflow as tf
+
+    features = {"tokens": tf.io.RaggedFeature(tf.int64), "weights": tf.io.RaggedFeature(tf.float32)}
+    example = tf.io.parse_single_example(record, features)
+    return tf.cast(example["tokens"], tf.int32), example["weights"]
+
+
+def length_counts(manifest: dict, shards: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """(lengths, counts): how many examples of each length (labels) the given shards (indices
+    into `manifest["shards"]`; default all) hold, summed from the manifest."""
+    total: dict[int, int] = {}
+    chosen = range(len(manifest["shards"])) if shards is None else shards
+    for index in chosen:
+        for length, count in manifest["shards"][index]["length_counts"]:
+            total[length] = total.get(length, 0) + count
+    lengths = sorted(total)
+    return lengths, [total[n] for n in lengths]
