@@ -202,15 +202,17 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--dropout", type=float, default=0.1, help="embedding, attention and residual dropout")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--patience", type=int, default=None, help="early stopping on validation loss (off)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--valid-share", type=float, default=0.08)
     parser.add_argument("--window", type=int, default=6, help="longest conversation window, in turns")
-    parser.add_argument("--max-train", type=int, default=None, help="train on a seeded sample of N windows (trials)")
-    parser.add_argument("--reply-sample", type=int, default=400, help="held-out windows given greedy replies")
+    parser.add_argument(
+        "--max-train", type=int, default=9000, help="train on a seeded sample of N windows; 0: all (about 26,000)"
+    )
+    parser.add_argument("--reply-sample", type=int, default=200, help="held-out windows given greedy replies")
     parser.add_argument(
         "--compare",
         type=Path,
