@@ -1,21 +1,29 @@
 """Rebuilds the embedded default model, `tfdialogpt/assets/default/`, deterministically.
 
 A small DialoGPT-architecture model trained from scratch, by this package's own pipeline
-(`tfdialogpt.training.fit`), on the English chatterbot-corpus (BSD, `pip install
-chatterbot-corpus==1.3.3 --no-deps`), with its own byte-level BPE trained by `tokenizers`:
+(`tfdialogpt.training.fit`), with its own byte-level BPE trained by `tokenizers`, on
+`--corpus`: `ccc`, the Chit-Chat Challenge corpus (MIT, `pip install chitchat-dataset==0.9.0`),
+`chatterbot`, the English chatterbot-corpus (BSD, `pip install chatterbot-corpus==1.3.3
+--no-deps`), or `both`:
 
-1. read every English `.yml` with `read_dialogues`, drop duplicate conversations, cut long
-   ones into windows of at most `--window` turns (one turn of overlap), and hold out every
-   conversation whose seeded rank falls in the validation share;
+1. read the corpus with `read_dialogues` (conversations it cannot use are counted in the
+   report), drop duplicate conversations, hold out every whole conversation whose seeded
+   rank falls in the validation share, and cut long ones into windows of at most `--window`
+   turns (one turn of overlap); `--max-train N` keeps a seeded sample of N training windows;
 2. train a GPT-2-style byte-level BPE on the training turns, `<|endoftext|>` as the last id;
 3. train the model with `finetune` (seeded data order and init, deterministic TF ops);
-4. write config.json, tf_model.h5 and the tokenizer files, and `build_report.json` with the
-   validation perplexity and greedy replies to the corpus's openers.
+4. score it, and `--compare` (today's default), on the same held-out CCC windows: `evaluate`'s
+   token perplexity (comparable only between models with one tokenizer), the perplexity per
+   word of each window's last turn (comparable across tokenizers), and BLEU-2/4, NIST,
+   Dist-1/2, Entropy-4 and average length of greedy replies on a seeded sample; and greedy
+   replies to twenty everyday openers, side by side;
+5. write config.json, tf_model.h5 and the tokenizer files, and `build_report.json` (data,
+   split, settings, curves, metrics, replies) beside them.
 
-Same seed, same machine type: same bytes. Takes about 6 minutes on 2 idle CPU cores.
+Same seed, same machine type: same bytes.
 
     python scripts/build_default_model.py              # writes tfdialogpt/assets/default/
-    python scripts/build_default_model.py --output /tmp/default --epochs 2   # a quick try
+    python scripts/build_default_model.py --output /tmp/default --max-train 2000 --epochs 1   # a quick try
 """
 
 from __future__ import annotations
@@ -23,11 +31,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
+import random
+import re
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -44,8 +56,20 @@ OPENERS = [
     "Tell me a joke",
     "What is AI?",
     "Bye",
+    "Good night",
+    "Do you like music?",
+    "What do you do for fun?",
+    "Where are you from?",
+    "What did you do today?",
+    "Do you have any pets?",
+    "What is your favorite food?",
+    "How was your weekend?",
+    "What are you studying?",
+    "Do you play any sports?",
+    "Have a nice day!",
 ]
-MAX_BYTES = 15 * 1024 * 1024
+MAX_BYTES = 20 * 1024 * 1024
+REPLY_MAX_WORDS = 40  # longest newest-context turn and reference in the reply sample
 KEPT_FILES = (
     "config.json",
     "tf_model.h5",
@@ -56,12 +80,39 @@ KEPT_FILES = (
 )
 
 
+CORPORA = {
+    "chatterbot": "chatterbot-corpus 1.3.3, English (BSD)",
+    "ccc": "chitchat-dataset 0.9.0, the BYU PCC lab's Chit-Chat Challenge corpus (MIT)",
+}
+
+
 def corpus_dir() -> Path:
     try:
         import chatterbot_corpus
     except ImportError:
         sys.exit("needs the corpus: pip install chatterbot-corpus==1.3.3 --no-deps")
     return Path(chatterbot_corpus.__file__).parent / "data" / "english"
+
+
+def ccc_file() -> Path:
+    try:
+        import chitchat_dataset
+    except ImportError:
+        sys.exit("needs the corpus: pip install chitchat-dataset==0.9.0")
+    return Path(chitchat_dataset.__file__).parent / "dataset.json"
+
+
+def load_corpus(name: str):
+    """(dialogues, issues) of `chatterbot`, `ccc` or `both` (chatterbot's first)."""
+    from tfdialogpt.training import read_dialogues
+
+    parts = {"chatterbot": [corpus_dir], "ccc": [ccc_file], "both": [corpus_dir, ccc_file]}[name]
+    dialogues, issues = [], []
+    for where in parts:
+        found = read_dialogues(where())  # chatterbot 1.3.3's trivia.yml:35 is malformed; CCC: see training/ccc.py
+        dialogues += found.dialogues
+        issues += found.issues
+    return dialogues, issues
 
 
 def windows(turns: tuple[str, ...], size: int) -> list[tuple[str, ...]]:
@@ -92,41 +143,119 @@ def split_corpus(dialogues, valid_share: float, window: int, seed: int):
     return train, valid
 
 
+def held_out_ccc(corpus: str, valid, valid_share: float, window: int, seed: int):
+    """The held-out CCC windows every model is scored on, whatever the training corpus: `valid`'s
+    CCC windows, or (chatterbot) CCC's own held-out split with the same settings."""
+    if corpus == "chatterbot":
+        return split_corpus(load_corpus("ccc")[0], valid_share, window, seed)[1]
+    return [d for d in valid if d.source.startswith(str(ccc_file()))]
+
+
+def reply_word_perplexity(model, tokenizer, dialogues, max_seq_len: int) -> dict:
+    """Perplexity per word of each dialogue's last turn given the turns before it.
+
+    Token perplexities of models with different tokenizers cannot be compared; the same words
+    scored by each model can: NLL summed over the reply's tokens and its EOS, divided by the
+    reply's words + 1 (the EOS), over the dialogues both models can score.
+    """
+    from tfdialogpt.training import Dialogue, evaluate
+    from tfdialogpt.training.examples import encode_dialogues
+
+    scored = [
+        Dialogue.from_turns(d.turns, [0.0] * (len(d.turns) - 1) + [1.0], f"reply:{i}") for i, d in enumerate(dialogues)
+    ]
+    skipped = {int(source.rpartition(":")[2]) for source, _ in encode_dialogues(scored, tokenizer, max_seq_len).skipped}
+    kept = [d for i, d in enumerate(scored) if i not in skipped]
+    scores = evaluate(model, kept, tokenizer=tokenizer, max_seq_len=max_seq_len, generate=False)
+    words = sum(len(d.turns[-1].split()) + 1 for d in kept)
+    nll = scores["loss"] * scores["tokens"]
+    return {"reply_word_perplexity": math.exp(nll / words), "reply_words": words, "scored_replies": len(kept)}
+
+
+def score(model, tokenizer, valid, replies_sample, max_seq_len: int) -> dict:
+    """`evaluate` on every held-out dialogue (perplexity) and on a sample (reply metrics),
+    the reply-word perplexity, and greedy replies to the openers."""
+    from tfdialogpt.training import evaluate
+    from tfdialogpt.training.evaluation import generate_replies
+
+    metrics = evaluate(model, valid, tokenizer=tokenizer, max_seq_len=max_seq_len, generate=False)
+    sampled = evaluate(model, replies_sample, tokenizer=tokenizer, max_seq_len=max_seq_len, max_new_tokens=24)
+    metrics.update({k: v for k, v in sampled.items() if k not in ("loss", "perplexity", "tokens", "malformed_lines")})
+    metrics.update(reply_word_perplexity(model, tokenizer, valid, max_seq_len))
+    replies = generate_replies(model, tokenizer, [[o] for o in OPENERS], max_new_tokens=24, max_seq_len=max_seq_len)
+    return {"metrics": metrics, "greedy_replies": dict(zip(OPENERS, replies, strict=True))}
+
+
+def most_repeated(replies: dict) -> int:
+    """How many openers share the most used reply."""
+    return max(Counter(replies.values()).values())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--corpus", choices=["ccc", "chatterbot", "both"], default="ccc")
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--vocab-size", type=int, default=2048)
+    parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--dropout", type=float, default=0.1, help="embedding, attention and residual dropout")
-    parser.add_argument("--epochs", type=int, default=22)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--patience", type=int, default=None, help="early stopping on validation loss (off)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--valid-share", type=float, default=0.08)
     parser.add_argument("--window", type=int, default=6, help="longest conversation window, in turns")
+    parser.add_argument(
+        "--max-train", type=int, default=9000, help="train on a seeded sample of N windows; 0: all (about 26,000)"
+    )
+    parser.add_argument("--reply-sample", type=int, default=200, help="held-out windows given greedy replies")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help="model scored beside the new one (today's default); none: no",
+    )
     args = parser.parse_args(argv)
 
     import keras
     import tensorflow as tf
 
     from tfdialogpt import DialoGPT, DialoGPTConfig
-    from tfdialogpt.training import evaluate, finetune, read_dialogues
+    from tfdialogpt.tokenizer import Tokenizer
+    from tfdialogpt.training import finetune
     from tfdialogpt.training.bpe import train_byte_level_bpe
-    from tfdialogpt.training.evaluation import generate_replies
 
     started = time.time()
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
 
-    corpus = read_dialogues(corpus_dir())  # trivia.yml:35 is malformed in 1.3.3: reported, skipped
-    for issue in corpus.issues:
-        print(f"skipped {Path(issue.path).name}:{issue.line}: {issue.message}")
-    train, valid = split_corpus(corpus.dialogues, args.valid_share, args.window, args.seed)
-    print(f"corpus: {len(corpus.dialogues)} conversations -> {len(train)} train / {len(valid)} valid dialogues")
+    dialogues, issues = load_corpus(args.corpus)
+    reasons = Counter(re.sub(r"\d+", "N", issue.message.rpartition(": ")[2]) for issue in issues)
+    for reason, count in reasons.most_common():
+        print(f"skipped {count} x {reason}")
+    train, valid = split_corpus(dialogues, args.valid_share, args.window, args.seed)
+    if args.max_train and args.max_train < len(train):
+        chosen = sorted(random.Random(args.seed).sample(range(len(train)), args.max_train))
+        train = [train[i] for i in chosen]
+    ccc_valid = held_out_ccc(args.corpus, valid, args.valid_share, args.window, args.seed)
+    # Replies are scored where the newest context turn and the reference fit any of the models.
+    short = [d for d in ccc_valid if max(len(t.split()) for t in d.turns[-2:]) <= REPLY_MAX_WORDS]
+    replies_sample = random.Random(args.seed).sample(short, min(args.reply_sample, len(short)))
+    print(
+        f"corpus {args.corpus}: {len(dialogues)} conversations ({len(issues)} skipped) -> "
+        f"{len(train)} train / {len(valid)} valid windows; {len(ccc_valid)} held-out CCC windows scored"
+    )
+    baseline = None
+    if str(args.compare) != "none" and (args.compare / "config.json").is_file():
+        old = DialoGPT.from_pretrained(args.compare)
+        baseline = score(old, Tokenizer.from_pretrained(args.compare), ccc_valid, replies_sample, args.max_seq_len)
+        baseline["model"] = str(args.compare.relative_to(REPO) if args.compare.is_relative_to(REPO) else args.compare)
+        baseline["parameters"] = old.config.num_parameters
+        print("baseline:", json.dumps(baseline["metrics"] | {"samples": None}))
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = train_byte_level_bpe([t for d in train for t in d.turns], args.vocab_size, Path(tmp) / "tok")
@@ -145,6 +274,7 @@ def main(argv=None) -> int:
         print(f"model: {config.num_parameters:,} parameters, vocab {config.vocab_size}")
         model = DialoGPT(config)
         work = Path(tmp) / "run"
+        trained_at = time.time()
         result = finetune(
             model,
             train,
@@ -155,7 +285,7 @@ def main(argv=None) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
-            warmup_steps=50,
+            warmup_steps=args.warmup_steps,
             decay="cosine",
             weight_decay=0.1,
             early_stopping_patience=args.patience,
@@ -164,37 +294,47 @@ def main(argv=None) -> int:
             strategy="default",
             jit_compile=False,  # Keras turns XLA off under op determinism anyway
         )
-        scores = evaluate(result.model, valid, tokenizer=tokenizer, max_seq_len=args.max_seq_len, max_new_tokens=24)
-        replies = generate_replies(
-            result.model, tokenizer, [[o] for o in OPENERS], max_new_tokens=24, max_seq_len=args.max_seq_len
-        )
+        train_seconds = time.time() - trained_at
+        new = score(result.model, tokenizer, ccc_valid, replies_sample, args.max_seq_len)
 
         args.output.mkdir(parents=True, exist_ok=True)
-        for old in args.output.iterdir():
-            if old.is_file():
-                old.unlink()
+        for old_file in args.output.iterdir():
+            if old_file.is_file():
+                old_file.unlink()
         for name in KEPT_FILES:
             shutil.copy(work / name, args.output / name)
     size = sum((args.output / name).stat().st_size for name in KEPT_FILES)
     report = {
-        "source": "chatterbot-corpus 1.3.3, English (BSD)",
+        "source": " + ".join(CORPORA[c] for c in CORPORA if args.corpus in (c, "both")),
         "command": "python scripts/build_default_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"},
-        "train_dialogues": len(train),
-        "valid_dialogues": len(valid),
+        "data": {
+            "conversations_read": len(dialogues),
+            "conversations_skipped": dict(reasons.most_common()),
+            "split": f"whole conversations, deduplicated, by a sha256 rank seeded with {args.seed}: "
+            f"{args.valid_share:.0%} held out; then windows of at most {args.window} turns",
+            "train_windows": len(train),
+            "valid_windows": len(valid),
+            "scored_ccc_valid_windows": len(ccc_valid),
+            "reply_sample": f"{len(replies_sample)} seeded windows, last two turns <= {REPLY_MAX_WORDS} words",
+        },
         "parameters": config.num_parameters,
         "bytes": size,
         "history": result.history,
-        "valid": {k: v for k, v in scores.items() if k != "samples"},
-        "greedy_replies": dict(zip(OPENERS, replies, strict=True)),
+        "valid": new["metrics"],
+        "greedy_replies": new["greedy_replies"],
+        "most_repeated_reply": most_repeated(new["greedy_replies"]),
+        "train_seconds": round(train_seconds),
         "build_seconds": round(time.time() - started),
     }
+    if baseline is not None:
+        report["baseline"] = baseline
+        report["greedy_replies_side_by_side"] = [
+            {"opener": o, "new": new["greedy_replies"][o], "baseline": baseline["greedy_replies"][o]} for o in OPENERS
+        ]
     (args.output / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(
-        json.dumps(
-            {k: report[k] for k in ("parameters", "bytes", "valid", "greedy_replies", "build_seconds")}, indent=2
-        )
-    )
+    shown = ("parameters", "bytes", "valid", "greedy_replies", "train_seconds", "build_seconds")
+    print(json.dumps({k: report[k] for k in shown}, indent=2))
     if size > MAX_BYTES:
         print(f"error: {size} bytes is over the {MAX_BYTES}-byte budget", file=sys.stderr)
         return 1

@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         tfdialogpt finetune --train chats.jsonl --output ./my-bot
         tfdialogpt finetune --model microsoft/DialoGPT-small --train train.tsv --valid valid.tsv \\
             --output ./run --epochs 3 --batch-size 8 --learning-rate 5e-5 --precision auto
-      formats by extension: .tsv (DialoGPT: w src1 EOS w src2<TAB>w tgt), .jsonl ({"turns": [...]}), .yml (chatterbot)
+      formats by extension: .tsv (DialoGPT: w src1 EOS w src2<TAB>w tgt), .jsonl ({"turns": [...]}), .yml (chatterbot),
+      .json (Chit-Chat Challenge: {"<id>": {"messages": [[{"text", "sender"}, ...], ...]}})
     """,
         commands.cmd_finetune,
     )
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands.cmd_evaluate,
     )
     p.add_argument("--model", default="default", help="directory, hub id, or 'default'")
-    p.add_argument("--data", required=True, help="data file or directory (.tsv, .jsonl, .yml)")
+    p.add_argument("--data", required=True, help="data file or directory (.tsv, .jsonl, .yml, .json)")
     p.add_argument("--max-seq-len", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)

@@ -5,13 +5,14 @@
     >>> result = finetune("default", "chats.tsv", output_dir="out", epochs=2)  # doctest: +SKIP
     >>> evaluate("out", "valid.tsv")["perplexity"]  # doctest: +SKIP
 
-Modules: `readers` (dialogue files; no TensorFlow), `examples` (DialoGPT's example layout;
-NumPy only), `prepare` (files tokenized once, in parallel, into TFRecord shards; `chunks` is
-the workers' part, `records` the TF-free `tf.train.Example` encoding), `shards` (the manifest,
-`read_prepared`), `pipeline` (`tf.data` batches), `streaming` (prepared shards streamed),
-`sources` (which of the two), `settings` (`TrainingSettings`), `fit` (`finetune`),
-`evaluation` (`evaluate`), `losses`, `metrics`, `optimization`, `callbacks`, `distribute`,
-`bpe`, and `_compat` (private Keras workarounds). Public names are imported lazily, so reading data loads no TensorFlow.
+Modules: `readers` and `ccc` (dialogue files; no TensorFlow; `dialogues` holds what they give),
+`examples` (DialoGPT's example layout; NumPy only), `prepare` (files tokenized once, in
+parallel, into TFRecord shards; `chunks` is the workers' part, `records` the TF-free
+`tf.train.Example` encoding), `shards` (the manifest, `read_prepared`), `pipeline` (`tf.data`
+batches), `streaming` (prepared shards streamed), `sources` (which of the two), `settings`
+(`TrainingSettings`), `fit` (`finetune`), `evaluation` (`evaluate`), `losses`, `metrics`,
+`optimization`, `callbacks`, `distribute`, `bpe`, and `_compat` (private Keras workarounds).
+Public names are imported lazily, so reading data loads no TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from __future__ import annotations
 from tfdialogpt._lazy import lazy_names
 
 _PUBLIC = {
-    "DataError": "tfdialogpt.training.readers",
-    "DataIssue": "tfdialogpt.training.readers",
-    "Dialogue": "tfdialogpt.training.readers",
+    "DataError": "tfdialogpt.training.dialogues",
+    "DataIssue": "tfdialogpt.training.dialogues",
+    "Dialogue": "tfdialogpt.training.dialogues",
     "DialogueBatches": "tfdialogpt.training.pipeline",
-    "DialogueFile": "tfdialogpt.training.readers",
+    "DialogueFile": "tfdialogpt.training.dialogues",
     "FinetuneResult": "tfdialogpt.training.fit",
     "LanguageModelLoss": "tfdialogpt.training.losses",
     "OutputDirError": "tfdialogpt.training.fit",
@@ -43,6 +44,7 @@ _PUBLIC = {
     "make_optimizer": "tfdialogpt.training.optimization",
     "make_strategy": "tfdialogpt.training.distribute",
     "prepare": "tfdialogpt.training.prepare",
+    "read_ccc": "tfdialogpt.training.ccc",
     "read_chatterbot_yaml": "tfdialogpt.training.readers",
     "read_dialogues": "tfdialogpt.training.readers",
     "read_jsonl": "tfdialogpt.training.readers",

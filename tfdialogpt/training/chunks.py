@@ -2,9 +2,9 @@
 one `prepare` worker process. No TensorFlow here (NumPy and `tokenizers` only).
 
 A TSV or JSON Lines file is cut into chunks of whole lines (about `chunk_bytes` each); a
-chatterbot YAML file is one chunk. Lines are split at `\\n`, decoded, parsed and numbered by
-the readers' own line functions, so a chunk gives exactly the dialogues and issues
-`read_dialogues` gives for its lines (a line that is not UTF-8 included).
+chatterbot YAML or CCC JSON file is one chunk, read by its reader. Lines are split at `\\n`,
+decoded, parsed and numbered by the readers' own line functions, so a chunk gives exactly the
+dialogues and issues `read_dialogues` gives for its lines (a line that is not UTF-8 included).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from tfdialogpt.training.readers import (
     _decode,
     _parse_json_line,
     parse_tsv_line,
-    read_chatterbot_yaml,
 )
 from tfdialogpt.training.records import serialize_examples
 
@@ -66,14 +65,14 @@ def input_files(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
-    """Whole lines of one input file (or a whole YAML file), and where they start."""
+    """Whole lines of one input file (or a whole YAML or JSON file), and where they start."""
 
     file_index: int
     path: str  # as given: reports and `Dialogue.source` use it
     start: int  # byte offset
     end: int
     first_line: int  # 1-based number of its first line
-    data: bytes | None  # None for YAML: the worker reads the file
+    data: bytes | None  # None for YAML and JSON: the worker reads the file
 
     @property
     def next_line(self) -> int:
@@ -157,7 +156,7 @@ def start_worker(tokenizer, max_seq_len: int, in_pool: bool = True) -> None:
 def encode_chunk(chunk: Chunk) -> EncodedChunk:
     """Reads, tokenizes and lays out one chunk (in a worker set up by `start_worker`)."""
     if chunk.data is None:
-        found = read_chatterbot_yaml(chunk.path)
+        found = READERS[Path(chunk.path).suffix](chunk.path)
         dialogues, issues = found.dialogues, found.issues
     else:
         dialogues, issues = parse_lines(chunk)

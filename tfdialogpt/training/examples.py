@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from tfdialogpt.training.readers import MAX_LISTED, Dialogue
+from tfdialogpt.training.dialogues import MAX_LISTED, Dialogue
 
 logger = logging.getLogger("tfdialogpt.training")
 

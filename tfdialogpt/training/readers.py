@@ -1,11 +1,13 @@
-"""Dialogue files, read without TensorFlow: DialoGPT's TSV, JSON Lines, chatterbot-corpus YAML.
+"""Dialogue files, read without TensorFlow: DialoGPT's TSV, JSON Lines, chatterbot-corpus YAML
+(and, by `ccc`, the Chit-Chat Challenge's JSON).
 
-Three file formats are read into `Dialogue`s (turns, oldest first, each with a loss weight):
+These file formats are read into `Dialogue`s (turns, oldest first, each with a loss weight):
 
 - DialoGPT's TSV (`prepro.py`): one dialogue a line, `w src1 EOS w src2 ...<TAB>w tgt`, where
   each turn may start with a float weight (`1.0`, `0.0`; default 1.0);
 - JSON Lines: `{"turns": ["Hi", "Hello!"], "weights": [1.0, 1.0]}` (`weights` optional);
-- chatterbot-corpus YAML: `conversations:` as lists of utterances.
+- chatterbot-corpus YAML: `conversations:` as lists of utterances;
+- `.json`: the Chit-Chat Challenge corpus (`chitchat-dataset`), read by `tfdialogpt.training.ccc`.
 
 A line that cannot be read is a `DataIssue` naming its file and line; it is reported and
 skipped (or raises `DataError` in strict mode), and every other line is kept. That includes
@@ -18,14 +20,15 @@ or in worker processes, that never load it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
+
+from tfdialogpt.training.ccc import read_ccc
+from tfdialogpt.training.dialogues import DataError, DataIssue, Dialogue, DialogueFile, _finish, describe_issues
 
 logger = logging.getLogger("tfdialogpt.training")
 
@@ -33,83 +36,6 @@ TSV_TURN_SEPARATOR = " EOS "
 # A turn weight must be written as a decimal ("1.0", "0.0", ".5"), so that a reply that merely
 # starts with a number ("20 years old .") is not read as a weight.
 _WEIGHT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+)([eE][-+]?\d+)?$")
-MAX_LISTED = 20
-
-
-# ---- dialogues and issues ------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Dialogue:
-    """One dialogue: its turns, oldest first, and a loss weight per turn.
-
-    The first turn never carries loss (it is the prompt); a later turn with weight 0.0 is
-    context only.
-
-    Example:
-        >>> Dialogue(("Hi", "Hello!"), (1.0, 1.0), source="chat.tsv:3")
-        Dialogue(turns=('Hi', 'Hello!'), weights=(1.0, 1.0), source='chat.tsv:3')
-    """
-
-    turns: tuple[str, ...]
-    weights: tuple[float, ...]
-    source: str = ""  # "file:line" it came from, for reports
-
-    def __post_init__(self):
-        if len(self.turns) != len(self.weights):
-            raise ValueError(f"{len(self.turns)} turns but {len(self.weights)} weights")
-
-    @classmethod
-    def from_turns(cls, turns: Sequence[str], weights: Sequence[float] | None = None, source: str = "") -> Dialogue:
-        weights = [1.0] * len(turns) if weights is None else weights
-        return cls(tuple(turns), tuple(float(w) for w in weights), source)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataIssue:
-    """A line (or YAML entry) that could not be read."""
-
-    path: str
-    line: int  # 1-based
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
-
-
-class DataError(ValueError):
-    """Data that cannot be used: malformed lines in strict mode, or an unreadable file."""
-
-    def __init__(self, message: str, issues: Sequence[DataIssue] = ()):
-        super().__init__(message)
-        self.issues = list(issues)
-
-
-def describe_issues(issues: Sequence[DataIssue], what: str = "malformed") -> str:
-    """`3 malformed lines: a.tsv:4: ...; a.tsv:9: ...` (at most 20 listed)."""
-    shown = "; ".join(str(issue) for issue in issues[:MAX_LISTED])
-    more = f"; and {len(issues) - MAX_LISTED} more" if len(issues) > MAX_LISTED else ""
-    return f"{len(issues)} {what} line{'s' if len(issues) != 1 else ''}: {shown}{more}"
-
-
-@dataclasses.dataclass
-class DialogueFile:
-    """What a reader found: the dialogues and the issues, both in file order."""
-
-    path: str
-    dialogues: list[Dialogue]
-    issues: list[DataIssue]
-
-    def raise_if_issues(self) -> None:
-        if self.issues:
-            raise DataError(f"{self.path}: " + describe_issues(self.issues), self.issues)
-
-
-def _finish(path: str, dialogues: list[Dialogue], issues: list[DataIssue], strict: bool) -> DialogueFile:
-    result = DialogueFile(path, dialogues, issues)
-    if strict:
-        result.raise_if_issues()
-    return result
 
 
 def _decode(raw: bytes, number: int) -> str:
@@ -299,11 +225,17 @@ def _node_lines(node) -> range:
     return range(first, last + 1)
 
 
-READERS = {".tsv": read_tsv, ".jsonl": read_jsonl, ".yml": read_chatterbot_yaml, ".yaml": read_chatterbot_yaml}
+READERS = {
+    ".tsv": read_tsv,
+    ".jsonl": read_jsonl,
+    ".yml": read_chatterbot_yaml,
+    ".yaml": read_chatterbot_yaml,
+    ".json": read_ccc,  # the only JSON format read whole; other JSON is refused by read_ccc
+}
 
 
 def read_dialogues(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
-    """Reads a file by its extension (.tsv, .jsonl, .yml/.yaml), or every such file in a
+    """Reads a file by its extension (.tsv, .jsonl, .yml/.yaml, .json), or every such file in a
     directory (sorted by name, e.g. a chatterbot-corpus language folder).
 
     Args:
