@@ -146,7 +146,14 @@ def load_benchmark(args, model, result, workdir) -> int:
 
     config, new, rounds = model.config, args.max_new_tokens, args.requests_per_client
     work = prompts(args.clients * rounds, config.vocab_size, seed=1)
-    server = ServerProcess(workdir / "dialogpt", workdir / "server.log", "--max-batch-size", str(args.max_batch_size))
+    server = ServerProcess(
+        workdir / "dialogpt",
+        workdir / "server.log",
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--num-batch-threads",
+        str(args.num_batch_threads),
+    )
     try:
         server.wait_for_version(result.version, timeout=600)
 
@@ -220,7 +227,8 @@ def load_benchmark(args, model, result, workdir) -> int:
     print(f"\n## Serving under load ({platform.machine()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__})\n")
     print(
         f"model: {args.model or 'DialoGPT-' + args.preset + ' shape, random weights'}; prompts of 11-31 tokens; "
-        f"{new} new tokens; server --max-batch-size {args.max_batch_size}\n"
+        f"{new} new tokens; server --max-batch-size {args.max_batch_size} "
+        f"--num-batch-threads {args.num_batch_threads}\n"
     )
     base = percentile(timings["in process"], 50)
     print("| batch 1, greedy | requests | p50 ms | ratio to in-process |")
@@ -252,6 +260,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--signature", default="generate", choices=["generate", "generate_xla"])
     parser.add_argument("--max-batch-size", type=int, default=8, help="server-side merging (1 = queue only)")
+    parser.add_argument("--num-batch-threads", type=int, default=2, help="the server's runs in parallel")
     parser.add_argument("--tokenizer", help="the model's tokenizer (default: the checkpoint's, or GPT-2's)")
     parser.add_argument("--only", choices=["chat", "load"], help="run only the chat or the load measurement")
     parser.add_argument("--chat-new-tokens", type=int, default=32)
