@@ -76,6 +76,18 @@ def test_a_cancelled_run_stops_and_a_run_on_another_thread_does_not():
     with cancellation.Run().active():  # a fresh run after a cancelled one runs normally
         assert int(loop(tf.constant(10))[0]) == 10
 
+    # TensorFlow's own cancellable functions still work outside our runs.
+    from tensorflow.python.eager import cancellation as tf_cancellation
+
+    manager = tf_cancellation.CancellationManager()
+    timer = threading.Timer(0.3, manager.start_cancel)
+    timer.start()
+    began = time.perf_counter()
+    with pytest.raises(tf.errors.CancelledError):
+        manager.get_cancelable_function(loop)(tf.constant(STEPS * 10))
+    assert time.perf_counter() - began < 30
+    timer.join()
+
 
 class _WaitingServable:
     """A run that waits until it is stopped or released (`go`), recording what it ran."""

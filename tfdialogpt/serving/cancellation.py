@@ -25,16 +25,22 @@ import threading
 _local = threading.local()
 _installed: bool | None = None
 _install_lock = threading.Lock()
+_tf_cancellation = None  # TensorFlow's module, once installed
 
 
 def _current():
-    return getattr(_local, "manager", None)
+    """This thread's manager inside `Run.active()`; elsewhere TensorFlow's own (process-wide)
+    one, so TensorFlow's `CancellationManager.get_cancelable_function` keeps working."""
+    manager = getattr(_local, "manager", None)
+    if manager is None and _tf_cancellation is not None:
+        return _tf_cancellation._active_context
+    return manager
 
 
 def install() -> bool:
     """Makes TensorFlow look up the cancellation manager per thread; False if this TensorFlow
     has no such hook (then runs cannot be stopped mid-call)."""
-    global _installed
+    global _installed, _tf_cancellation
     with _install_lock:
         if _installed is None:
             try:
@@ -44,6 +50,7 @@ def install() -> bool:
                     context.Context, "call_function"
                 )
                 if _installed:
+                    _tf_cancellation = cancellation
                     cancellation.context = _current
             except ImportError:
                 _installed = False
