@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import collections
 import json
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_training import _finish, _free_ports, _job, _launch, _weights, tiny_config
+from test_training import (
+    _finish,
+    _free_ports,
+    _job,
+    _kill_mid_epoch,
+    _launch,
+    _resume_to_the_same_weights,
+    _weights,
+    tiny_config,
+)
 
 from tfdialogpt.training import PreparedBatches, TokenizerMismatchError, finetune
 from tfdialogpt.training.bpe import train_byte_level_bpe
@@ -219,29 +226,12 @@ def test_streamed_run_killed_mid_epoch_resumes_to_the_same_weights(corpus, tmp_p
     _finish(_launch(tmp_path, _job(tmp_path, "straight", model, train, settings)))
 
     job = _job(tmp_path, "killed", model, train, settings, delay=0.3)
-    victim = _launch(tmp_path, job)
-    state_file = Path(job["output"]) / "backup" / "training_state.json"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if state_file.is_file() and json.loads(state_file.read_text())["batch"] >= 4:
-            break
-        assert victim.poll() is None, victim.communicate()[0][-3000:]
-        time.sleep(0.05)
-    time.sleep(0.4)  # past that backup, between two others
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
-    assert victim.returncode == -signal.SIGKILL
-    killed_at = json.loads(state_file.read_text())
+    killed_at = _kill_mid_epoch(tmp_path, job, min_batch=4, pause=0.4)
     assert killed_at["epoch"] == 0 and killed_at["batch"] >= 4 and not Path(job["weights"]).exists()
     if data == "streamed_tsv":
         assert (Path(job["output"]) / "prepared" / "train" / "manifest.json").is_file()
 
-    job.pop("delay")
-    _finish(_launch(tmp_path, job))
-    report = json.loads(Path(job["report"]).read_text())
-    assert report["resumed_from"]["epoch"] == 0 and report["resumed_from"]["batch"] == killed_at["batch"]
-    for a, b in zip(_weights(tmp_path / "straight.npz"), _weights(job["weights"]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    _resume_to_the_same_weights(tmp_path, job, killed_at)
     assert not (Path(job["output"]) / "prepared").exists()  # the streamed copy is scratch
 
 

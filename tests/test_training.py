@@ -494,6 +494,35 @@ def _weights(path):
         return [data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))]
 
 
+def _kill_mid_epoch(tmp_path, job, min_batch, pause):
+    """Launches `job`, SIGKILLs it `pause` seconds after its backup reached batch `min_batch`,
+    and returns the training state the backup holds then."""
+    victim = _launch(tmp_path, job)
+    state_file = Path(job["output"]) / "backup" / "training_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state_file.is_file() and json.loads(state_file.read_text())["batch"] >= min_batch:
+            break
+        assert victim.poll() is None, victim.communicate()[0][-3000:]
+        time.sleep(0.05)
+    time.sleep(pause)  # past that backup, between two others
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    return json.loads(state_file.read_text())
+
+
+def _resume_to_the_same_weights(tmp_path, job, killed_at):
+    """Runs the killed `job` again: it resumes where it was killed and ends on the weights of
+    the uninterrupted run (`straight.npz`)."""
+    job.pop("delay")
+    _finish(_launch(tmp_path, job))
+    report = json.loads(Path(job["report"]).read_text())
+    assert report["resumed_from"]["epoch"] == 0 and report["resumed_from"]["batch"] == killed_at["batch"]
+    for a, b in zip(_weights(tmp_path / "straight.npz"), _weights(job["weights"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
     train = tmp_path / "train.tsv"
@@ -512,27 +541,10 @@ def test_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_model_dir, tmp_pa
     _finish(straight)
 
     job = _job(tmp_path, "killed", tiny_model_dir, train, settings, delay=0.4)
-    victim = _launch(tmp_path, job)
-    state_file = Path(job["output"]) / "backup" / "training_state.json"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if state_file.is_file() and json.loads(state_file.read_text())["batch"] >= 2:
-            break
-        assert victim.poll() is None, victim.communicate()[0][-3000:]
-        time.sleep(0.05)
-    time.sleep(0.5)  # somewhere past that backup, between two others
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
-    assert victim.returncode == -signal.SIGKILL
-    killed_at = json.loads(state_file.read_text())
+    killed_at = _kill_mid_epoch(tmp_path, job, min_batch=2, pause=0.5)
     assert killed_at["epoch"] == 0 and killed_at["batch"] >= 2 and not Path(job["weights"]).exists()
 
-    job.pop("delay")
-    _finish(_launch(tmp_path, job))
-    report = json.loads(Path(job["report"]).read_text())
-    assert report["resumed_from"]["epoch"] == 0 and report["resumed_from"]["batch"] == killed_at["batch"]
-    for a, b in zip(_weights(tmp_path / "straight.npz"), _weights(job["weights"]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    _resume_to_the_same_weights(tmp_path, job, killed_at)
 
 
 def _free_ports(count):
