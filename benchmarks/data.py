@@ -7,7 +7,10 @@ each contender runs in its own child process, timed from the call to the end (wa
 CPU seconds of the process and its workers):
 
 - `encode_dialogues`: `read_dialogues` + `encode_dialogues` in one process, the examples in
-  memory (what `finetune` does today);
+  memory (what `finetune` does today); `tokenizers`' `encode_batch` runs its own thread pool;
+- `encode_dialogues, one thread`: the same with `tokenizers` held to one thread
+  (`TOKENIZERS_PARALLELISM=false`, `RAYON_NUM_THREADS=1`): the single-threaded encode issue 15
+  measures `prepare` against;
 - `prepare --workers K`: the same examples written to TFRecord shards + manifest.json.
   TensorFlow is imported before the clock starts (the CLI imports it first too; the import,
   about 4 s here, is printed apart).
@@ -76,7 +79,7 @@ def child(args) -> dict:
     from tfdialogpt.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(args.tokenizer)
-    if args.contender == "encode_dialogues":
+    if args.contender in ("encode_dialogues", ONE_THREAD):
         from tfdialogpt.training.examples import encode_dialogues
         from tfdialogpt.training.readers import read_dialogues
 
@@ -103,11 +106,16 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+ONE_THREAD = "encode_dialogues, one thread"
+
+
 def run_child(args, contender: str, workers: int, data: Path, scratch: Path) -> dict:
     output = scratch / f"out-{contender}-{workers}-{time.monotonic_ns()}"
     command = [sys.executable, __file__, "--child", contender, "--workers", str(workers), "--data", str(data)]
     command += ["--output", str(output), "--tokenizer", args.tokenizer, "--max-seq-len", str(args.max_seq_len)]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if contender == ONE_THREAD:
+        env.update(TOKENIZERS_PARALLELISM="false", RAYON_NUM_THREADS="1")
     out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     if out.returncode != 0:
         raise SystemExit(f"{contender} failed:\n{out.stderr}")
@@ -257,7 +265,7 @@ def main() -> None:
             f"{args.dialogues} dialogues, {data.stat().st_size / 2**20:.1f} MiB, tokenizer {args.tokenizer}, "
             f"max_seq_len {args.max_seq_len}, {os.cpu_count()} CPUs"
         )
-        contenders = [("encode_dialogues", 1), ("prepare", 1), ("prepare", 2)]
+        contenders = [("encode_dialogues", 1), (ONE_THREAD, 1), ("prepare", 1), ("prepare", 2)]
         results = {}
         for _ in range(args.repeats):  # round-robin, so a slow minute hits every contender
             for contender, workers in contenders:
@@ -265,13 +273,18 @@ def main() -> None:
                 best = results.get((contender, workers))
                 if best is None or result["seconds"] < best["seconds"]:
                     results[(contender, workers)] = result
-    base = results[("encode_dialogues", 1)]["seconds"]
-    print("\n| contender | seconds | dialogues/s | vs encode_dialogues | CPU seconds |\n|---|---|---|---|---|")
+    base, single = (results[(name, 1)]["seconds"] for name in ("encode_dialogues", ONE_THREAD))
+    print(
+        "\n| contender | seconds | dialogues/s | vs encode_dialogues | vs one thread | CPU seconds |"
+        "\n|---|---|---|---|---|---|"
+    )
     for (contender, workers), result in results.items():
-        name = contender if contender == "encode_dialogues" else f"prepare --workers {workers}"
-        rate = args.dialogues / result["seconds"]
-        ratio = base / result["seconds"]
-        print(f"| {name} | {result['seconds']:.2f} | {rate:,.0f} | {ratio:.2f}x | {result['cpu']:.2f} |")
+        name = contender if contender != "prepare" else f"prepare --workers {workers}"
+        rate, seconds = args.dialogues / result["seconds"], result["seconds"]
+        print(
+            f"| {name} | {seconds:.2f} | {rate:,.0f} | {base / seconds:.2f}x | {single / seconds:.2f}x "
+            f"| {result['cpu']:.2f} |"
+        )
     tf_import = min(r["tf_import"] for r in results.values() if "tf_import" in r)
     print(
         f"\nexamples: {sorted({r['examples'] for r in results.values()})}; "

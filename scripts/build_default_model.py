@@ -11,14 +11,20 @@ A small DialoGPT-architecture model trained from scratch, by this package's own 
    rank falls in the validation share, and cut long ones into windows of at most `--window`
    turns (one turn of overlap); `--max-train N` keeps a seeded sample of N training windows;
 2. train a GPT-2-style byte-level BPE on the training turns, `<|endoftext|>` as the last id;
-3. train the model with `finetune` (seeded data order and init, deterministic TF ops);
-4. score it, and `--compare` (today's default), on the same held-out CCC windows: `evaluate`'s
-   token perplexity (comparable only between models with one tokenizer), the perplexity per
-   word of each window's last turn (comparable across tokenizers), and BLEU-2/4, NIST,
-   Dist-1/2, Entropy-4 and average length of greedy replies on a seeded sample; and greedy
-   replies to twenty everyday openers, side by side;
-5. write config.json, tf_model.h5 and the tokenizer files, and `build_report.json` (data,
-   split, settings, curves, metrics, replies) beside them.
+3. train the model with `finetune` (seeded data order and init, deterministic TF ops), and
+   write config.json, tf_model.h5 (`--weights-dtype`, float16: half the bytes; loading gives
+   float32) and the tokenizer files;
+4. score the written model, and `--compare` (today's default), on the same held-out CCC
+   windows: `evaluate`'s token perplexity (comparable only between models with one
+   tokenizer), the perplexity per word of each window's last turn (comparable across
+   tokenizers), and BLEU-2/4, NIST, Dist-1/2, Entropy-4 and average length of greedy replies
+   on a seeded sample; and greedy replies to twenty everyday openers, side by side;
+5. train the reverse model for MMI (the paper's backward model, log P(source | reply)) on the
+   same training windows with their turns in reverse order, the reply's own turn not a
+   target, with the same tokenizer, shape and settings, into `reverse/`; score it, and the
+   forward model's MMI replies (`evaluate(..., mmi_model=)`) with the same metrics and on the
+   openers (`--no-reverse`: skip);
+6. write `build_report.json` (data, split, settings, curves, metrics, replies) beside each.
 
 Same seed, same machine type: same bytes.
 
@@ -70,14 +76,8 @@ OPENERS = [
 ]
 MAX_BYTES = 20 * 1024 * 1024
 REPLY_MAX_WORDS = 40  # longest newest-context turn and reference in the reply sample
-KEPT_FILES = (
-    "config.json",
-    "tf_model.h5",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+KEPT_FILES = ("config.json", "tf_model.h5", *TOKENIZER_FILES)
 
 
 CORPORA = {
@@ -172,18 +172,42 @@ def reply_word_perplexity(model, tokenizer, dialogues, max_seq_len: int) -> dict
     return {"reply_word_perplexity": math.exp(nll / words), "reply_words": words, "scored_replies": len(kept)}
 
 
+def reply_scores(model, tokenizer, replies_sample, max_seq_len: int, mmi=None) -> tuple[dict, dict]:
+    """(reply metrics on the sample, replies to the openers): greedy, or chosen by `mmi`."""
+    from tfdialogpt.training import evaluate
+    from tfdialogpt.training.evaluation import generate_replies
+
+    sampled = evaluate(
+        model, replies_sample, tokenizer=tokenizer, max_seq_len=max_seq_len, max_new_tokens=24, mmi_model=mmi
+    )
+    metrics = {k: v for k, v in sampled.items() if k not in ("loss", "perplexity", "tokens", "malformed_lines")}
+    if mmi is not None:
+        from tfdialogpt.chat import MMI
+
+        mmi = MMI(mmi, seed=0)  # evaluate's own MMI settings: 8 candidates, seed 0
+    contexts = [[o] for o in OPENERS]
+    replies = generate_replies(model, tokenizer, contexts, max_new_tokens=24, max_seq_len=max_seq_len, mmi=mmi)
+    return metrics, dict(zip(OPENERS, replies, strict=True))
+
+
 def score(model, tokenizer, valid, replies_sample, max_seq_len: int) -> dict:
     """`evaluate` on every held-out dialogue (perplexity) and on a sample (reply metrics),
     the reply-word perplexity, and greedy replies to the openers."""
     from tfdialogpt.training import evaluate
-    from tfdialogpt.training.evaluation import generate_replies
 
     metrics = evaluate(model, valid, tokenizer=tokenizer, max_seq_len=max_seq_len, generate=False)
-    sampled = evaluate(model, replies_sample, tokenizer=tokenizer, max_seq_len=max_seq_len, max_new_tokens=24)
-    metrics.update({k: v for k, v in sampled.items() if k not in ("loss", "perplexity", "tokens", "malformed_lines")})
+    sampled, replies = reply_scores(model, tokenizer, replies_sample, max_seq_len)
+    metrics.update(sampled)
     metrics.update(reply_word_perplexity(model, tokenizer, valid, max_seq_len))
-    replies = generate_replies(model, tokenizer, [[o] for o in OPENERS], max_new_tokens=24, max_seq_len=max_seq_len)
-    return {"metrics": metrics, "greedy_replies": dict(zip(OPENERS, replies, strict=True))}
+    return {"metrics": metrics, "greedy_replies": replies}
+
+
+def reversed_windows(dialogues):
+    """The reverse model's data: each window's turns newest first; the first (the reply the
+    source is scored given) is context only."""
+    from tfdialogpt.training import Dialogue
+
+    return [Dialogue.from_turns(d.turns[::-1], [0.0] + [1.0] * (len(d.turns) - 1), d.source) for d in dialogues]
 
 
 def most_repeated(replies: dict) -> int:
@@ -209,9 +233,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--valid-share", type=float, default=0.08)
     parser.add_argument("--window", type=int, default=6, help="longest conversation window, in turns")
-    parser.add_argument(
-        "--max-train", type=int, default=9000, help="train on a seeded sample of N windows; 0: all (about 26,000)"
-    )
+    parser.add_argument("--max-train", type=int, default=0, help="train on a seeded sample of N windows; 0: all")
     parser.add_argument("--reply-sample", type=int, default=200, help="held-out windows given greedy replies")
     parser.add_argument(
         "--compare",
@@ -219,6 +241,8 @@ def main(argv=None) -> int:
         default=DEFAULT_OUTPUT,
         help="model scored beside the new one (today's default); none: no",
     )
+    parser.add_argument("--weights-dtype", choices=["float16", "float32"], default="float16")
+    parser.add_argument("--no-reverse", action="store_true", help="do not build the reverse (MMI) model")
     args = parser.parse_args(argv)
 
     import keras
@@ -226,7 +250,6 @@ def main(argv=None) -> int:
 
     from tfdialogpt import DialoGPT, DialoGPTConfig
     from tfdialogpt.tokenizer import Tokenizer
-    from tfdialogpt.training import finetune
     from tfdialogpt.training.bpe import train_byte_level_bpe
 
     started = time.time()
@@ -272,38 +295,14 @@ def main(argv=None) -> int:
             eos_token_id=tokenizer.eos_token_id,
         )
         print(f"model: {config.num_parameters:,} parameters, vocab {config.vocab_size}")
-        model = DialoGPT(config)
-        work = Path(tmp) / "run"
-        trained_at = time.time()
-        result = finetune(
-            model,
-            train,
-            valid,
-            output_dir=work,
-            tokenizer=tokenizer,
-            seed=args.seed,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            warmup_steps=args.warmup_steps,
-            decay="cosine",
-            weight_decay=0.1,
-            early_stopping_patience=args.patience,
-            max_seq_len=args.max_seq_len,
-            verbose=2,
-            strategy="default",
-            jit_compile=False,  # Keras turns XLA off under op determinism anyway
-        )
-        train_seconds = time.time() - trained_at
-        new = score(result.model, tokenizer, ccc_valid, replies_sample, args.max_seq_len)
-
         args.output.mkdir(parents=True, exist_ok=True)
         for old_file in args.output.iterdir():
             if old_file.is_file():
                 old_file.unlink()
-        for name in KEPT_FILES:
-            shutil.copy(work / name, args.output / name)
-    size = sum((args.output / name).stat().st_size for name in KEPT_FILES)
+        trained = train_and_write(DialoGPT(config), tokenizer, train, valid, Path(tmp) / "forward", args.output, args)
+    model = DialoGPT.from_pretrained(args.output)  # scored as it is stored
+    tokenizer = Tokenizer.from_pretrained(args.output)
+    new = score(model, tokenizer, ccc_valid, replies_sample, args.max_seq_len)
     report = {
         "source": " + ".join(CORPORA[c] for c in CORPORA if args.corpus in (c, "both")),
         "command": "python scripts/build_default_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -319,26 +318,106 @@ def main(argv=None) -> int:
             "reply_sample": f"{len(replies_sample)} seeded windows, last two turns <= {REPLY_MAX_WORDS} words",
         },
         "parameters": config.num_parameters,
-        "bytes": size,
-        "history": result.history,
+        "weights_dtype": args.weights_dtype,
+        **trained,
         "valid": new["metrics"],
         "greedy_replies": new["greedy_replies"],
         "most_repeated_reply": most_repeated(new["greedy_replies"]),
-        "train_seconds": round(train_seconds),
-        "build_seconds": round(time.time() - started),
     }
     if baseline is not None:
         report["baseline"] = baseline
         report["greedy_replies_side_by_side"] = [
             {"opener": o, "new": new["greedy_replies"][o], "baseline": baseline["greedy_replies"][o]} for o in OPENERS
         ]
+    if not args.no_reverse:
+        report["mmi"] = build_reverse(model, tokenizer, config, train, valid, ccc_valid, replies_sample, args)
+        report["mmi"]["replies_side_by_side"] = [
+            {"opener": o, "greedy": new["greedy_replies"][o], "mmi": report["mmi"]["replies"][o]} for o in OPENERS
+        ]
+        report["mmi"]["openers_changed"] = sum(new["greedy_replies"][o] != report["mmi"]["replies"][o] for o in OPENERS)
+    size = package_bytes(args.output)
+    report["bytes"] = size
+    report["build_seconds"] = round(time.time() - started)
     (args.output / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
     shown = ("parameters", "bytes", "valid", "greedy_replies", "train_seconds", "build_seconds")
-    print(json.dumps({k: report[k] for k in shown}, indent=2))
+    print(json.dumps({k: report[k] for k in shown} | {"mmi": report.get("mmi", {}).get("metrics")}, indent=2))
     if size > MAX_BYTES:
         print(f"error: {size} bytes is over the {MAX_BYTES}-byte budget", file=sys.stderr)
         return 1
     return 0
+
+
+def package_bytes(output: Path) -> int:
+    """The bytes the package embeds: the model's files and its reverse model's."""
+    return sum(f.stat().st_size for f in [*output.iterdir(), *(output / "reverse").glob("*")] if f.is_file())
+
+
+def train_and_write(model, tokenizer, train, valid, work: Path, output: Path, args) -> dict:
+    """Trains `model` with `finetune` in `work`, writes it and its tokenizer to `output`."""
+    from tfdialogpt.training import finetune
+
+    trained_at = time.time()
+    result = finetune(
+        model,
+        train,
+        valid,
+        output_dir=work,
+        tokenizer=tokenizer,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        decay="cosine",
+        weight_decay=0.1,
+        early_stopping_patience=args.patience,
+        max_seq_len=args.max_seq_len,
+        verbose=2,
+        strategy="default",
+        jit_compile=False,  # Keras turns XLA off under op determinism anyway
+    )
+    train_seconds = time.time() - trained_at
+    output.mkdir(parents=True, exist_ok=True)
+    result.model.save_pretrained(output, weights_dtype=args.weights_dtype)
+    for name in TOKENIZER_FILES:
+        shutil.copy(work / name, output / name)
+    return {"history": result.history, "train_seconds": round(train_seconds)}
+
+
+def build_reverse(model, tokenizer, config, train, valid, ccc_valid, replies_sample, args) -> dict:
+    """Trains and writes the reverse model to `<output>/reverse/` (with its own report), and
+    returns the forward model's MMI metrics and opener replies against it."""
+    from tfdialogpt import DialoGPT
+    from tfdialogpt.training import evaluate
+
+    out = args.output / "reverse"
+    if out.exists():
+        shutil.rmtree(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = train_and_write(
+            DialoGPT(config), tokenizer, reversed_windows(train), reversed_windows(valid), Path(tmp), out, args
+        )
+    reverse = DialoGPT.from_pretrained(out)
+    held_out = evaluate(reverse, reversed_windows(ccc_valid), tokenizer=tokenizer, max_seq_len=args.max_seq_len,
+                        generate=False)  # fmt: skip
+    report = {
+        "what": "the reverse (backward) model for MMI: log P(source turns, newest first | reply), trained on the "
+        "forward build's training windows reversed; the reply's turn is not a target",
+        "parameters": config.num_parameters,
+        "weights_dtype": args.weights_dtype,
+        **trained,
+        "valid_reversed_ccc": {k: held_out[k] for k in ("loss", "perplexity", "tokens")},
+    }
+    (out / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    metrics, replies = reply_scores(model, tokenizer, replies_sample, args.max_seq_len, mmi=reverse)
+    return {
+        "how": "evaluate(..., mmi_model=reverse/): 8 top-k (10) candidates sampled with seed 0, the one with the "
+        "best reverse score chosen",
+        "metrics": metrics,
+        "replies": replies,
+        "most_repeated_reply": most_repeated(replies),
+        "reverse_valid_perplexity": held_out["perplexity"],
+    }
 
 
 if __name__ == "__main__":

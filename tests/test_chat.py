@@ -179,3 +179,50 @@ def test_score_matches_manual_log_softmax(tokenizer):
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     manual = log_probs[2, 6] + log_probs[3, 7]
     np.testing.assert_allclose(score(model, [context], [reply]), [manual], rtol=1e-5)
+
+
+def test_evaluate_with_mmi_scores_the_replies_the_reverse_model_picks(tokenizer):
+    """`evaluate(..., mmi_model=)`: each scored reply is, among the seeded top-k candidates
+    (generated here directly), the one with the best reverse score (computed here directly)."""
+    from tfdialogpt.generation_config import GenerationConfig
+    from tfdialogpt.training import evaluate
+
+    pairs = [("My name is Bot.", "What is your name?"), ("Yes, I love jazz.", "Do you like music?")]
+    reverse = train_reverse_model(tokenizer, pairs, steps=60)
+    config = DialoGPTConfig(
+        vocab_size=tokenizer.vocab_size,
+        max_positions=32,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    import keras
+
+    keras.utils.set_random_seed(3)
+    forward = DialoGPT(config)
+    dialogues = [["Hello", "Hi there", "How are you?", "I am fine, thank you."], ["Do you like music?", "Yes"]]
+    new, candidates, seed = 6, 3, 12
+    results = evaluate(
+        forward, dialogues, tokenizer=tokenizer, max_seq_len=32, max_new_tokens=new, mmi_model=reverse,
+        mmi_candidates=candidates, seed=seed,
+    )  # fmt: skip
+    assert {"bleu2", "dist1", "avg_length"} <= set(results)
+    eos = tokenizer.eos_token_id
+    # Both dialogues' candidates come from one batched call, left padded, one seed for the batch.
+    contexts = [tokenizer.encode_dialogue(d[:-1], max_length=32 - new) for d in dialogues]
+    ids, mask = tokenizer.pad([c for c in contexts for _ in range(candidates)], side="left")
+    out = forward.generate(
+        ids, attention_mask=mask, config=GenerationConfig(), max_new_tokens=new, do_sample=True, top_k=10, seed=seed
+    )
+    rows = out.token_lists(eos)
+    picked = []
+    for i, (dialogue, sample) in enumerate(zip(dialogues, results["samples"], strict=True)):
+        mine = rows[i * candidates : (i + 1) * candidates]
+        source = [t for turn in reversed(dialogue[:-1]) for t in tokenizer.encode(turn) + [eos]]
+        scores = [score(reverse, [r + [eos]], [source], pad_id=eos)[0] if r else -np.inf for r in mine]
+        picked.append(int(np.argmax(scores)))
+        expected = tokenizer.decode(mine[picked[-1]], skip_special_tokens=True).strip()
+        assert sample["reply"] == expected
+    assert picked != [0, 0], "the seed should give a case where the first candidate is not the pick"

@@ -122,6 +122,32 @@ def test_round_trip_through_transformers_tf(tiny_reference, tmp_path, batch):
     assert masked_max_diff(again, our_logits, mask) < 1e-5
 
 
+def test_float16_storage_loads_as_float32_here_and_in_transformers(tiny_reference, tmp_path, batch):
+    from transformers import TFGPT2LMHeadModel
+
+    ids, mask = batch
+    ours = DialoGPT.from_pretrained(tiny_reference.path("pt_safetensors"))
+    ours.save_pretrained(tmp_path / "half", weights_dtype="float16")
+    with h5py.File(tmp_path / "half" / "tf_model.h5") as f:
+        dtypes = set()
+        f.visititems(lambda _, item: dtypes.add(item.dtype) if isinstance(item, h5py.Dataset) else None)
+    assert dtypes == {np.dtype("float16")}
+    loaded = DialoGPT.from_pretrained(tmp_path / "half")
+    rounded = {v.path: v.numpy().astype(np.float16).astype(np.float32) for v in ours.weights}
+    for variable in loaded.weights:
+        assert variable.dtype == "float32"
+        np.testing.assert_array_equal(variable.numpy(), rounded[variable.path])
+    # transformers reads the same file into float32 weights with the same logits.
+    theirs, info = TFGPT2LMHeadModel.from_pretrained(tmp_path / "half", output_loading_info=True)
+    assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
+    assert {w.dtype.name for w in theirs.weights} == {"float32"}
+    position_ids = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    their_logits = theirs(ids, attention_mask=mask, position_ids=position_ids).logits.numpy()
+    assert masked_max_diff(their_logits, loaded(ids, attention_mask=mask).numpy(), mask) < 1e-5
+    with pytest.raises(ValueError, match="weights_dtype must be one of float32, float16"):
+        ours.save_pretrained(tmp_path / "bad", weights_dtype="int8")
+
+
 def test_round_trip_through_transformers_pytorch(tiny_reference, tmp_path, batch):
     import torch
     from transformers import GPT2LMHeadModel

@@ -312,18 +312,28 @@ def load_pretrained(
     return model
 
 
-def _numpy_weights(model) -> dict[str, np.ndarray]:
-    return {name: np.asarray(v.numpy(), dtype=np.float32) for name, v in model_variables(model).items()}
+STORAGE_DTYPES = ("float32", "float16")
 
 
-def save_pretrained(model, directory, *, safe_serialization: bool = False, tokenizer=None) -> None:
+def _numpy_weights(model, dtype: str = "float32") -> dict[str, np.ndarray]:
+    return {name: np.asarray(v.numpy(), dtype=dtype) for name, v in model_variables(model).items()}
+
+
+def save_pretrained(
+    model, directory, *, safe_serialization: bool = False, tokenizer=None, weights_dtype: str = "float32"
+) -> None:
     """Writes `config.json` and `tf_model.h5` in HF's TF layout; optionally also a
     PyTorch-layout `model.safetensors`, and the tokenizer files.
 
     transformers' `TFGPT2LMHeadModel.from_pretrained(directory)` loads the h5 (and
     `GPT2LMHeadModel.from_pretrained(directory)` the safetensors) with the same logits.
+    `weights_dtype="float16"` stores half the bytes (as the hub's fp16 checkpoints do); loading
+    gives the model's own dtype back (float32 by default), holding the float16-rounded values.
     """
     import keras
+
+    if weights_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {weights_dtype!r}")
 
     if getattr(model, "weight_quantization", None) is not None:
         raise ValueError(
@@ -333,7 +343,7 @@ def save_pretrained(model, directory, *, safe_serialization: bool = False, token
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save(directory)
-    weights = _numpy_weights(model)
+    weights = _numpy_weights(model, weights_dtype)
     tmp = directory / (TF_WEIGHTS_NAME + ".tmp")
     with h5py.File(tmp, "w") as f:
         f.attrs["backend"] = "tensorflow"

@@ -19,8 +19,25 @@ CONFIG_NAME = "config.json"
 WEIGHT_FILES = (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, TF_WEIGHTS_NAME, TF_WEIGHTS_INDEX_NAME)
 
 
+# A model's reverse model (source given reply, for MMI reranking) is kept in this subdirectory.
+REVERSE_DIR_NAME = "reverse"
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as asked: missing, malformed or not matching."""
+
+
+def reverse_model_dir(name_or_path) -> Path:
+    """The reverse (MMI) model kept beside a local model, in its `reverse/` subdirectory
+    (`"default"`: the embedded model's)."""
+    directory = DEFAULT_MODEL_DIR if str(name_or_path) == "default" else Path(name_or_path)
+    reverse = directory / REVERSE_DIR_NAME
+    if not (reverse / CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"no reverse model beside model {str(name_or_path)!r} (looked for {REVERSE_DIR_NAME}/{CONFIG_NAME} "
+            "in its directory): name the reverse model itself (--mmi-model)"
+        )
+    return reverse
 
 
 def _weights_in_dir(directory: Path) -> Path:

@@ -68,12 +68,23 @@ def _setting_type(setting):
     return parse
 
 
+def _add_mmi_arguments(p) -> None:
+    mmi = p.add_mutually_exclusive_group()
+    mmi.add_argument("--mmi-model", default=None, help="reverse model for MMI reranking (directory or hub id)")
+    mmi.add_argument(
+        "--mmi",
+        action="store_true",
+        help="MMI reranking with the model's own reverse model (the default model embeds one; a local "
+        "model's is its reverse/ subdirectory)",
+    )
+
+
 def _add_model_arguments(p, server: bool) -> None:
     from tfdialogpt.quantization import MODES
 
     p.add_argument("--model", default="default", help="directory, hub id, or 'default' (embedded model)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory or hub id (default: --model)")
-    p.add_argument("--mmi-model", default=None, help="reverse model for MMI reranking (directory or hub id)")
+    _add_mmi_arguments(p)
     p.add_argument("--mmi-candidates", type=int, default=8, help="candidates sampled for MMI")
     p.add_argument("--mmi-temperature", type=float, default=None, help="sample by softmax(score/T) instead of argmax")
     p.add_argument(
@@ -88,7 +99,7 @@ def _add_model_arguments(p, server: bool) -> None:
             metavar="HOST:PORT",
             default=None,
             help="chat through a served export's chat signature instead (text over gRPC; no model or "
-            "tokenizer here; with --mmi-model, --model names the served model's config and tokenizer)",
+            "tokenizer here; with --mmi or --mmi-model, --model names the served model's config and tokenizer)",
         )
         p.add_argument("--model-name", default="dialogpt", help="the served model's name")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed to each request")
@@ -319,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--max-dialogues", type=int, default=None, help="generate replies for the first N only")
     p.add_argument("--no-generate", action="store_true", help="perplexity only")
+    _add_mmi_arguments(p)
+    p.add_argument("--mmi-candidates", type=int, default=8, help="with MMI: candidates sampled per reply")
+    p.add_argument("--seed", type=int, default=0, help="with MMI: the candidates' sampling seed")
     p.add_argument("--strict", action="store_true", help="fail on any malformed data line")
 
     p = _add_command(
@@ -399,7 +413,8 @@ def _needs_tensorflow(args) -> bool:
     if args.command in _TF_FREE_COMMANDS or (args.command == "info" and not args.check):
         return False
     served = args.command in ("chat", "generate") and getattr(args, "server", None)
-    return not served or bool(getattr(args, "mmi_model", None))  # MMI's reverse model runs here
+    mmi = getattr(args, "mmi_model", None) or getattr(args, "mmi", False)
+    return not served or bool(mmi)  # MMI's reverse model runs here
 
 
 def main(argv=None) -> int:

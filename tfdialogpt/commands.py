@@ -132,12 +132,21 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _mmi_model(args):
+    """The reverse model asked for: `--mmi-model`, or with `--mmi` the one beside `--model`."""
+    if getattr(args, "mmi", False):
+        from tfdialogpt.checkpoint_files import reverse_model_dir
+
+        return reverse_model_dir(args.model)
+    return getattr(args, "mmi_model", None)
+
+
 def _make_chat(args, history=()):
     from tfdialogpt.chat import MMI, Chat, LocalBackend, ServedChat
     from tfdialogpt.tokenizer import Tokenizer
 
     settings = _generation_settings(args)
-    mmi_model = getattr(args, "mmi_model", None)
+    mmi_model = _mmi_model(args)
     if getattr(args, "server", None):
         from tfdialogpt.serving.client import Client
 
@@ -302,6 +311,9 @@ def cmd_evaluate(args) -> int:
         max_new_tokens=args.max_new_tokens,
         max_dialogues=args.max_dialogues,
         strict=args.strict,
+        mmi_model=_mmi_model(args),
+        mmi_candidates=args.mmi_candidates,
+        seed=args.seed,
     )
     print(json.dumps(results, indent=2, default=str))
     return 0

@@ -1,5 +1,6 @@
 """`evaluate`: the library call behind `tfdialogpt evaluate`: token-weighted perplexity over a
-dialogue file, and the paper's reply metrics on greedy replies to its contexts.
+dialogue file, and the paper's reply metrics on greedy replies to its contexts (or on replies
+chosen by MMI reranking against a reverse model).
 
 (Named `evaluation`, not `evaluate`, so that `tfdialogpt.training.evaluate` stays the function
 whatever was imported first.)
@@ -43,14 +44,18 @@ def generate_replies(
     max_new_tokens: int = 32,
     max_seq_len: int | None = None,
     batch_size: int = 16,
+    mmi=None,
 ) -> list[str]:
-    """Greedy replies to each context (turns, oldest first), decoded without the EOS.
+    """Greedy replies to each context (turns, oldest first), decoded without the EOS; with
+    `mmi` (a `tfdialogpt.chat.MMI`), the candidate it picks among sampled ones.
 
     Contexts keep their newest turns within `max_seq_len - max_new_tokens` tokens.
     """
     eos = tokenizer.eos_token_id
     replies = []
     budget = max(1, resolve_max_seq_len(max_seq_len, model) - max_new_tokens)
+    if mmi is not None:
+        return _mmi_replies(model, tokenizer, contexts, max_new_tokens, budget, mmi)
     for start in range(0, len(contexts), batch_size):
         chunk = contexts[start : start + batch_size]
         histories = [tokenizer.encode_dialogue(list(turns), max_length=budget) for turns in chunk]
@@ -60,6 +65,29 @@ def generate_replies(
         )
         for row in out.token_lists(eos):
             replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return replies
+
+
+def _mmi_replies(model, tokenizer, contexts, max_new_tokens: int, budget: int, mmi) -> list[str]:
+    """MMI replies through `Chat`, the chats of a chunk batched into one generate call."""
+    from tfdialogpt.chat import Chat, reply_batch
+
+    replies = []
+    per_call = max(1, 64 // mmi.num_candidates)  # rows of one generate call: chats x candidates
+    for start in range(0, len(contexts), per_call):
+        chunk = contexts[start : start + per_call]
+        chats = [
+            Chat(
+                model,
+                tokenizer,
+                mmi=mmi,
+                history=list(turns[:-1]),
+                max_context_tokens=budget,
+                max_new_tokens=max_new_tokens,
+            )
+            for turns in chunk
+        ]
+        replies += reply_batch(chats, [turns[-1] for turns in chunk])
     return replies
 
 
@@ -74,6 +102,9 @@ def evaluate(
     max_new_tokens: int = 32,
     max_dialogues: int | None = None,
     strict: bool = False,
+    mmi_model=None,
+    mmi_candidates: int = 8,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Perplexity on `data`, and the paper's reply metrics on greedy replies to its contexts.
 
@@ -86,6 +117,9 @@ def evaluate(
             Entropy-4, average length).
         max_seq_len: longest input (older turns dropped); None = min(128, the model's positions).
         max_dialogues: score replies for the first N dialogues only (perplexity uses all).
+        mmi_model: a reverse model (name, directory or `DialoGPT`): replies are then chosen
+            by MMI among `mmi_candidates` top-k samples seeded with `seed` (the paper's
+            reranking) instead of greedy.
     Returns:
         `{"loss", "perplexity", "tokens", "malformed_lines", [reply metrics], "samples"}`.
     """
@@ -106,7 +140,14 @@ def evaluate(
         scored = dialogues[:max_dialogues] if max_dialogues else dialogues
         contexts = [d.turns[:-1] for d in scored]
         references = [d.turns[-1] for d in scored]
-        replies = generate_replies(model, tokenizer, contexts, max_new_tokens, max_seq_len)
+        mmi = None
+        if mmi_model is not None:
+            from tfdialogpt import DialoGPT
+            from tfdialogpt.chat import MMI
+
+            reverse = mmi_model if isinstance(mmi_model, DialoGPT) else DialoGPT.from_pretrained(mmi_model)
+            mmi = MMI(reverse, num_candidates=mmi_candidates, seed=seed)
+        replies = generate_replies(model, tokenizer, contexts, max_new_tokens, max_seq_len, mmi=mmi)
         results.update(reply_metrics(replies, references))
         results["samples"] = [
             {"context": list(c), "reference": r, "reply": h}
