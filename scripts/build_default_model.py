@@ -243,12 +243,24 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--weights-dtype", choices=["float16", "float32"], default="float16")
     parser.add_argument("--no-reverse", action="store_true", help="do not build the reverse (MMI) model")
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.3, help="the model's generation_config.json (1.0: off)"
+    )
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=3, help="the model's generation_config.json")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="no training: score the build already in --output again, with this command's decoding settings "
+        "(its weights and training curves are kept)",
+    )
     args = parser.parse_args(argv)
 
     import keras
     import tensorflow as tf
 
     from tfdialogpt import DialoGPT, DialoGPTConfig
+    from tfdialogpt.chat import changed_settings
+    from tfdialogpt.generation_config import GenerationConfig
     from tfdialogpt.tokenizer import Tokenizer
     from tfdialogpt.training.bpe import train_byte_level_bpe
 
@@ -280,26 +292,36 @@ def main(argv=None) -> int:
         baseline["parameters"] = old.config.num_parameters
         print("baseline:", json.dumps(baseline["metrics"] | {"samples": None}))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = train_byte_level_bpe([t for d in train for t in d.turns], args.vocab_size, Path(tmp) / "tok")
-        config = DialoGPTConfig(
-            vocab_size=tokenizer.vocab_size,
-            max_positions=args.max_seq_len,
-            hidden_size=args.hidden_size,
-            num_layers=args.layers,
-            num_heads=args.heads,
-            embedding_dropout=args.dropout,
-            attention_dropout=args.dropout,
-            residual_dropout=args.dropout,
-            bos_token_id=tokenizer.eos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        print(f"model: {config.num_parameters:,} parameters, vocab {config.vocab_size}")
-        args.output.mkdir(parents=True, exist_ok=True)
-        for old_file in args.output.iterdir():
-            if old_file.is_file():
-                old_file.unlink()
-        trained = train_and_write(DialoGPT(config), tokenizer, train, valid, Path(tmp) / "forward", args.output, args)
+    if args.rescore:
+        before = json.loads((args.output / "build_report.json").read_text())
+        trained = {k: before[k] for k in ("history", "train_seconds")}
+        config = DialoGPTConfig.from_json_file(args.output / "config.json")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer = train_byte_level_bpe([t for d in train for t in d.turns], args.vocab_size, Path(tmp) / "tok")
+            config = DialoGPTConfig(
+                vocab_size=tokenizer.vocab_size,
+                max_positions=args.max_seq_len,
+                hidden_size=args.hidden_size,
+                num_layers=args.layers,
+                num_heads=args.heads,
+                embedding_dropout=args.dropout,
+                attention_dropout=args.dropout,
+                residual_dropout=args.dropout,
+                bos_token_id=tokenizer.eos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            print(f"model: {config.num_parameters:,} parameters, vocab {config.vocab_size}")
+            args.output.mkdir(parents=True, exist_ok=True)
+            for old_file in args.output.iterdir():
+                if old_file.is_file():
+                    old_file.unlink()
+            model = DialoGPT(config)
+            trained = train_and_write(model, tokenizer, train, valid, Path(tmp) / "forward", args.output, args)
+    decoding = GenerationConfig(
+        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size
+    )
+    decoding.validate().save_pretrained(args.output)
     model = DialoGPT.from_pretrained(args.output)  # scored as it is stored
     tokenizer = Tokenizer.from_pretrained(args.output)
     new = score(model, tokenizer, ccc_valid, replies_sample, args.max_seq_len)
@@ -319,6 +341,7 @@ def main(argv=None) -> int:
         },
         "parameters": config.num_parameters,
         "weights_dtype": args.weights_dtype,
+        "generation_config": changed_settings(decoding),
         **trained,
         "valid": new["metrics"],
         "greedy_replies": new["greedy_replies"],
@@ -391,12 +414,16 @@ def build_reverse(model, tokenizer, config, train, valid, ccc_valid, replies_sam
     from tfdialogpt.training import evaluate
 
     out = args.output / "reverse"
-    if out.exists():
-        shutil.rmtree(out)
-    with tempfile.TemporaryDirectory() as tmp:
-        trained = train_and_write(
-            DialoGPT(config), tokenizer, reversed_windows(train), reversed_windows(valid), Path(tmp), out, args
-        )
+    if args.rescore:
+        before = json.loads((out / "build_report.json").read_text())
+        trained = {k: before[k] for k in ("history", "train_seconds")}
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        with tempfile.TemporaryDirectory() as tmp:
+            trained = train_and_write(
+                DialoGPT(config), tokenizer, reversed_windows(train), reversed_windows(valid), Path(tmp), out, args
+            )
     reverse = DialoGPT.from_pretrained(out)
     held_out = evaluate(reverse, reversed_windows(ccc_valid), tokenizer=tokenizer, max_seq_len=args.max_seq_len,
                         generate=False)  # fmt: skip
@@ -411,8 +438,8 @@ def build_reverse(model, tokenizer, config, train, valid, ccc_valid, replies_sam
     (out / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
     metrics, replies = reply_scores(model, tokenizer, replies_sample, args.max_seq_len, mmi=reverse)
     return {
-        "how": "evaluate(..., mmi_model=reverse/): 8 top-k (10) candidates sampled with seed 0, the one with the "
-        "best reverse score chosen",
+        "how": "evaluate(..., mmi_model=reverse/): 8 top-k (10) candidates sampled with seed 0 (and the model's "
+        "generation_config), the one with the best reverse score chosen",
         "metrics": metrics,
         "replies": replies,
         "most_repeated_reply": most_repeated(replies),
