@@ -294,7 +294,7 @@ def main(argv=None) -> int:
 
     if args.rescore:
         before = json.loads((args.output / "build_report.json").read_text())
-        trained = {k: before[k] for k in ("history", "train_seconds")}
+        trained = {k: before[k] for k in ("history", "train_seconds", "history_note") if k in before}
         config = DialoGPTConfig.from_json_file(args.output / "config.json")
     else:
         with tempfile.TemporaryDirectory() as tmp:
@@ -352,22 +352,28 @@ def main(argv=None) -> int:
         report["greedy_replies_side_by_side"] = [
             {"opener": o, "new": new["greedy_replies"][o], "baseline": baseline["greedy_replies"][o]} for o in OPENERS
         ]
+    write_report(report, started, args.output)  # the forward model's, before the reverse is built
     if not args.no_reverse:
         report["mmi"] = build_reverse(model, tokenizer, config, train, valid, ccc_valid, replies_sample, args)
         report["mmi"]["replies_side_by_side"] = [
             {"opener": o, "greedy": new["greedy_replies"][o], "mmi": report["mmi"]["replies"][o]} for o in OPENERS
         ]
         report["mmi"]["openers_changed"] = sum(new["greedy_replies"][o] != report["mmi"]["replies"][o] for o in OPENERS)
-    size = package_bytes(args.output)
-    report["bytes"] = size
-    report["build_seconds"] = round(time.time() - started)
-    (args.output / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    size = write_report(report, started, args.output)
     shown = ("parameters", "bytes", "valid", "greedy_replies", "train_seconds", "build_seconds")
     print(json.dumps({k: report[k] for k in shown} | {"mmi": report.get("mmi", {}).get("metrics")}, indent=2))
     if size > MAX_BYTES:
         print(f"error: {size} bytes is over the {MAX_BYTES}-byte budget", file=sys.stderr)
         return 1
     return 0
+
+
+def write_report(report: dict, started: float, output: Path) -> int:
+    """Writes `build_report.json` with the package's bytes and the time so far; returns the bytes."""
+    report["bytes"] = package_bytes(output)
+    report["build_seconds"] = round(time.time() - started)
+    (output / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report["bytes"]
 
 
 def package_bytes(output: Path) -> int:

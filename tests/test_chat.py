@@ -226,3 +226,33 @@ def test_evaluate_with_mmi_scores_the_replies_the_reverse_model_picks(tokenizer)
         expected = tokenizer.decode(mine[picked[-1]], skip_special_tokens=True).strip()
         assert sample["reply"] == expected
     assert picked != [0, 0], "the seed should give a case where the first candidate is not the pick"
+
+
+def test_mmi_scores_a_history_longer_than_the_reverse_model_on_its_newest_whole_turns(tokenizer):
+    """A source that does not fit the reverse model's positions after the longest candidate
+    is cut to its newest whole turns, the same for every candidate (it used to reach the
+    position embedding and fail there)."""
+    eos = tokenizer.eos_token_id
+    reverse = DialoGPT(
+        DialoGPTConfig(
+            vocab_size=tokenizer.vocab_size, max_positions=32, hidden_size=16, num_layers=1, num_heads=2,
+            eos_token_id=eos, bos_token_id=eos,
+        )  # fmt: skip
+    )
+    turns = ["Do you like music?", "Yes, I love jazz.", "What is your name?", "My name is Bot.", "Good night"]
+    source = [t for turn in reversed(turns) for t in tokenizer.encode(turn) + [eos]]
+    candidates = [tokenizer.encode("See you tomorrow"), tokenizer.encode("Hi")]
+    longest = max(len(c) for c in candidates) + 1
+    assert len(source) + longest > 32
+    # By hand: the newest turns, whole, within 32 - longest positions.
+    kept, used = [], 0
+    for turn in reversed(turns):
+        ids = tokenizer.encode(turn) + [eos]
+        if used + len(ids) > 32 - longest:
+            break
+        kept, used = kept + ids, used + len(ids)
+    assert 0 < len(kept) < len(source)
+    expected = score(reverse, [c + [eos] for c in candidates], [kept] * 2, pad_id=eos)
+    np.testing.assert_allclose(MMI(reverse).scores(source, candidates, eos), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="leaves no room for the source"):
+        MMI(reverse).scores(source, [[5] * 31], eos)

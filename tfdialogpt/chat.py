@@ -94,12 +94,23 @@ class MMI:
         self._rng = np.random.default_rng(self.seed)
 
     def scores(self, source: list[int], candidates: Sequence[list[int]], eos: int) -> np.ndarray:
-        """log P(source | candidate) by the reverse model; empty candidates score -inf."""
+        """log P(source | candidate) by the reverse model; empty candidates score -inf.
+
+        `source` is the dialogue backwards (turns newest first, each closed by EOS). Where it
+        does not fit the reverse model's positions after the longest candidate, every candidate
+        is scored on the same newest whole turns that fit (or the newest turn's first tokens).
+        """
         scores = np.full(len(candidates), -np.inf, np.float32)
         rows = [i for i, c in enumerate(candidates) if c]
         if rows:
             contexts = [list(candidates[i]) + [eos] for i in rows]
-            scores[rows] = self.reverse.score_ids(contexts, [source] * len(rows))
+            budget = self.reverse.max_positions - max(map(len, contexts))
+            if budget < 1:
+                raise ValueError(
+                    f"a candidate of {max(map(len, contexts)) - 1} tokens leaves no room for the source in the "
+                    f"reverse model's {self.reverse.max_positions} positions"
+                )
+            scores[rows] = self.reverse.score_ids(contexts, [newest_turns(source, budget, eos)] * len(rows))
         return scores
 
     def pick(self, scores: np.ndarray) -> int:
@@ -108,6 +119,16 @@ class MMI:
         z = (scores - scores[np.isfinite(scores)].max()) / self.temperature
         p = np.where(np.isfinite(z), np.exp(z), 0.0)
         return int(self._rng.choice(len(scores), p=p / p.sum()))
+
+
+def newest_turns(source: Sequence[int], budget: int, eos: int) -> list[int]:
+    """The longest run of `source`'s first whole turns (each closed by `eos`) within `budget`
+    tokens; if even the first turn is longer, its first `budget` tokens."""
+    source = list(source)
+    if len(source) <= budget:
+        return source
+    ends = [i + 1 for i, token in enumerate(source[:budget]) if token == eos]
+    return source[: ends[-1]] if ends else source[:budget]
 
 
 class Chat:
