@@ -890,3 +890,68 @@ def test_sigterm_shuts_down_cleanly(server):
     log = server.log()
     assert "received SIGTERM" in log and log.rstrip().endswith("stopped"), log[-2000:]
     assert "Traceback" not in log, log
+
+
+class _SlowServable(_FakeServable):
+    """A `_FakeServable` whose runs take `seconds`, recording (start, rows) of each."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds, self.starts = seconds, []
+
+    def run(self, name, inputs, control=None):
+        with self.lock:
+            self.starts.append((time.monotonic(), len(inputs["input_ids"])))
+        time.sleep(self.seconds)
+        return super().run(name, inputs, control)
+
+
+def _generate_task(servable, token):
+    from tfdialogpt.serving.batching import _Task, batch_key
+
+    ids, mask = left_pad([[token] * 3])
+    inputs = {"input_ids": ids, "attention_mask": mask, **contract.setting_inputs({"max_new_tokens": 2})}
+    return _Task(servable, "generate", inputs, batch_key(servable, contract.GENERATE, inputs), 1)
+
+
+def test_batcher_gathers_behind_a_running_run_instead_of_starting_a_half_full_one():
+    """Two workers: requests that come while a run goes on wait for its end (and for the
+    requests its client sends next) rather than start a second, half-full run beside it."""
+    from tfdialogpt.serving.batching import Batcher
+
+    servable = _SlowServable(0.4)
+    batcher = Batcher(max_batch_size=4, batch_timeout=0.02, num_threads=2, rejoin_timeout=0.5)
+    try:
+        first = batcher.submit(_generate_task(servable, 1))
+        time.sleep(0.15)  # the first run is going on
+        waiting = [batcher.submit(_generate_task(servable, t)) for t in (2, 3)]
+        first.result(timeout=RPC_TIMEOUT)
+        time.sleep(0.1)  # a slow client: past batch_timeout, within rejoin_timeout
+        again = batcher.submit(_generate_task(servable, 4))  # the first client's next request
+        results = [f.result(timeout=RPC_TIMEOUT) for f in [*waiting, again]]
+    finally:
+        batcher.stop()
+    assert [rows for _, rows in servable.starts] == [1, 3], "the late requests share one run"
+    assert servable.starts[1][0] >= servable.starts[0][0] + 0.4, "and it started after the first"
+    assert [r["sequences"].tolist() for r in results] == [[[3, 3]], [[4, 4]], [[5, 5]]]
+
+
+def test_batcher_takes_a_burst_whole_and_full_runs_side_by_side():
+    """Requests that keep coming within `batch_timeout` of each other join one run; a full run
+    starts even while another is going on."""
+    from tfdialogpt.serving.batching import Batcher
+
+    servable = _SlowServable(0.4)
+    batcher = Batcher(max_batch_size=3, batch_timeout=0.1, num_threads=2)
+    try:
+        futures = []
+        for token in range(1, 4):  # 60 ms apart: past a fixed 100 ms window from the first
+            futures.append(batcher.submit(_generate_task(servable, token)))
+            time.sleep(0.06)
+        futures += [batcher.submit(_generate_task(servable, t)) for t in range(4, 7)]
+        results = [f.result(timeout=RPC_TIMEOUT) for f in futures]
+    finally:
+        batcher.stop()
+    (start_a, rows_a), (start_b, rows_b) = servable.starts
+    assert (rows_a, rows_b) == (3, 3) and start_b < start_a + 0.4, "the second full run did not wait"
+    assert [r["sequences"].tolist()[0][0] for r in results] == [2, 3, 4, 5, 6, 7]

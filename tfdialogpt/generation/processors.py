@@ -135,19 +135,27 @@ def _order_keys(scores: tf.Tensor) -> tf.Tensor:
     return tf.where(bits < 0, -magnitude, bits)
 
 
-def _largest_key(keys: tf.Tensor, holds) -> tf.Tensor:
+def _largest_key(keys: tf.Tensor, holds, needed=True) -> tf.Tensor:
     """[B, 1]: per row, the largest int32-range key t with `holds(t)` true, for a `holds` that
     is true at the smallest key and, once false, stays false for larger t (32 halvings).
 
     Replaces a sort of the vocabulary: on CPU under XLA a [8, 50257] `tf.sort` takes 80 ms,
-    these 32 masked reductions a few ms (benchmarks/RESULTS.md, "Serving under load")."""
+    these 32 masked reductions a few ms (benchmarks/RESULTS.md, "Serving under load").
+    `needed` (a scalar bool) false skips the halvings and gives the smallest key: for callers
+    whose every row then ignores the answer (a filter that is off in every row), so a run
+    with the filter off pays nothing for it. A loop with 0 or 32 trips, not a branch.
+    """
     rows = tf.shape(keys)[:1]
     low = tf.fill(tf.concat([rows, [1]], 0), tf.constant(-(2**31), tf.int64))
     high = tf.fill(tf.concat([rows, [1]], 0), tf.constant(2**31 - 1, tf.int64))
-    for _ in range(32):
+
+    def halve(i, low, high):
         middle = (low + high + 1) // 2
         ok = holds(middle)
-        low, high = tf.where(ok, middle, low), tf.where(ok, high, middle - 1)
+        return i + 1, tf.where(ok, middle, low), tf.where(ok, high, middle - 1)
+
+    trips = tf.where(tf.cast(needed, tf.bool), 32, 0)
+    _, low, _ = tf.while_loop(lambda i, low, high: i < trips, halve, (tf.constant(0), low, high), maximum_iterations=32)
     return low
 
 
@@ -162,7 +170,10 @@ def top_k(scores, k, min_tokens_to_keep: int = 1):
     V = tf.shape(scores)[-1]
     kept = tf.clip_by_value(tf.maximum(k, min_tokens_to_keep), 1, V)
     keys = _order_keys(scores)
-    kth = _largest_key(keys, lambda t: tf.reduce_sum(tf.cast(keys >= t, tf.int32), -1, keepdims=True) >= kept)
+    filters = tf.reduce_any(tf.logical_and(k > 0, kept < V))  # else no row loses a score
+    kth = _largest_key(
+        keys, lambda t: tf.reduce_sum(tf.cast(keys >= t, tf.int32), -1, keepdims=True) >= kept, needed=filters
+    )
     filtered = tf.where(keys < kth, tf.constant(NEG_INF, scores.dtype), scores)
     return tf.where(k > 0, filtered, scores)
 
@@ -185,7 +196,7 @@ def top_p(scores, p, min_tokens_to_keep: int = 1):
     def little_mass_below(t):
         return tf.reduce_sum(tf.where(keys < t, probs, zero), -1, keepdims=True) <= 1.0 - p
 
-    threshold = _largest_key(keys, little_mass_below)
+    threshold = _largest_key(keys, little_mass_below, needed=tf.reduce_any(p < 1.0))
     if min_tokens_to_keep > 1:  # never above the min_tokens_to_keep-th best score
         V = tf.shape(scores)[-1]
         need = tf.minimum(min_tokens_to_keep, V)

@@ -18,7 +18,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from tfdialogpt.generation import processors
+from tfdialogpt.generation import noise, processors
 from tfdialogpt.generation_config import SETTINGS
 
 
@@ -65,29 +65,14 @@ def gumbel_sample(scores: tf.Tensor, seed: tf.Tensor, step: tf.Tensor) -> tf.Ten
     """Draws one token per row from softmax(scores) with the Gumbel-max trick.
 
     argmax(scores + Gumbel noise) is an exact sample; a -inf score is never drawn. The noise
-    comes from a stateless Philox stream keyed by (seed, step), so a run is reproducible.
-    `seed` is a scalar (one stream for the whole [B, V] batch) or one per row [B]: then row b
-    draws from its own stream (seed[b], step), so its tokens do not depend on the other rows
-    of the batch. Row 0 of a scalar seed and a one-row batch seeded alike draw the same noise.
+    is counter-based (`noise.uniform`, Threefry keyed by (seed, step)), so a run is
+    reproducible. `seed` is a scalar (one stream for the whole [B, V] batch) or one per row
+    [B]: then row b draws from its own stream (seed[b], step), so its tokens do not depend on
+    the other rows of the batch. Row 0 of a scalar seed and a one-row batch seeded alike draw
+    the same noise.
     """
-    shape = tf.shape(scores)
-    seed = tf.cast(seed, tf.int32)
-    step = tf.cast(step, tf.int32)
-
-    def uniform(row_shape, row_seed):
-        return tf.random.stateless_uniform(
-            row_shape, seed=tf.stack([row_seed, step]), minval=1e-20, maxval=1.0, dtype=scores.dtype, alg="philox"
-        )
-
-    if seed.shape.rank == 0:
-        noise = uniform(shape, seed)
-    else:
-        noise = tf.map_fn(
-            lambda row_seed: uniform(shape[1:], row_seed),
-            tf.broadcast_to(seed, shape[:1]),
-            fn_output_signature=tf.TensorSpec(scores.shape[1:], scores.dtype),
-        )
-    gumbel = -tf.math.log(-tf.math.log(noise))
+    u = noise.uniform(seed, step, tf.shape(scores))
+    gumbel = -tf.math.log(-tf.math.log(tf.cast(u, scores.dtype)))
     return first_argmax(scores + gumbel)
 
 

@@ -3,7 +3,10 @@
 Requests to the same signature of the same version share a run, whatever their settings and
 prompt lengths (`merging.py` re-pads them to a shared bucket; every setting is one value per
 row, so each row decodes as if alone, sampled rows from their own seeds), up to
-`max_batch_size` rows; the run's outputs are split back into each request's answer. Prompts
+`max_batch_size` rows; the run's outputs are split back into each request's answer. A run
+starts when full, or when no request has joined it for `batch_timeout`, and, unless full, not
+while a run of the same signature is going on (so closed-loop clients end up in full runs
+rather than in two half-full ones that share the cores; see `Batcher._take`). Prompts
 are padded to the buckets and, for XLA signatures, rows to a power of two, so no client can
 make the server compile a new shape. A full queue answers RESOURCE_EXHAUSTED; no request is
 dropped silently. A request whose client goes away (`_Task.abandon`) leaves the queue; a run
@@ -90,13 +93,15 @@ class Batcher:
 
     Args:
         max_batch_size: most rows in one merged run (1 turns merging off; requests still queue).
-        batch_timeout: seconds the first request of a run waits for company.
+        batch_timeout: seconds a run waits for company after its last request joined.
         num_threads: runs in parallel.
         max_queued: requests waiting at most; more get RESOURCE_EXHAUSTED.
         allowed_batch_sizes: the row counts XLA signatures run with (TF Serving's option of the
             same name; increasing, the last one `max_batch_size`); a run is padded up to the
             next one. Empty: powers of two.
         on_run: called with (servable, signature, rows) before each run (for the metrics).
+        rejoin_timeout: seconds a run that waited behind another waits, once that one has
+            answered, for the requests its clients send next (a round trip, not a decode).
     """
 
     def __init__(
@@ -107,12 +112,16 @@ class Batcher:
         max_queued: int = 1024,
         allowed_batch_sizes: Sequence[int] = (),
         on_run: Callable[[Servable, str, int], None] | None = None,
+        rejoin_timeout: float = 0.05,
     ):
         self.max_batch_size, self.batch_timeout, self.max_queued = max_batch_size, batch_timeout, max_queued
+        self.rejoin_timeout = max(rejoin_timeout, batch_timeout)
         self.allowed_batch_sizes = merging.check_allowed_batch_sizes(allowed_batch_sizes, max_batch_size)
         self._on_run = on_run
         self._queue: collections.deque[_Task] = collections.deque()
         self._cond = threading.Condition()
+        self._collecting: set[tuple] = set()  # keys a worker is gathering a run for
+        self._in_flight: collections.Counter[tuple] = collections.Counter()  # runs going on, by key
         self._stopping = False
         self.runs = 0  # merged runs so far (for tests and logs)
         self.merged_requests = 0  # requests that shared a run with another
@@ -131,46 +140,76 @@ class Batcher:
                     f"{len(self._queue)} requests are queued (max_queued={self.max_queued}); retry later",
                 )
             self._queue.append(task)
-            self._cond.notify()
+            self._cond.notify_all()  # the worker gathering this key's run must see it
         return task.future
 
     def _take(self) -> list[_Task] | None:
+        """The next run's tasks. A run starts once it is full, or once `batch_timeout` has passed
+        without a new request for it (a burst is taken whole: at most `max_batch_size` waits),
+        but never, unless full, while another run of the same key is going on: the cores are
+        busy then, so waiting costs no throughput, and the requests its clients send next join
+        this run instead of two half-full runs sharing the cores. One worker gathers per key."""
         with self._cond:
-            while not self._queue:
-                if self._stopping:
+            while True:
+                first = next((t for t in self._queue if t.key is None or t.key not in self._collecting), None)
+                if first is not None:
+                    break
+                if self._stopping and not self._queue:
                     return None
                 self._cond.wait(0.5)
-            first = self._queue.popleft()
+            self._queue.remove(first)
             batch = [first]
-            if first.key is None or self.max_batch_size <= 1:
+            if first.key is not None and self.max_batch_size > 1:
+                self._collecting.add(first.key)
+                try:
+                    batch = self._gather(batch)
+                finally:
+                    self._collecting.discard(first.key)
+            self._in_flight[first.key] += 1  # before the lock is let go: `_work` ends it
+            return batch
+
+    def _gather(self, batch: list[_Task]) -> list[_Task]:
+        """`batch` (its first task taken) filled from the queue as `_take` says; under `_cond`."""
+        key, rows = batch[0].key, batch[0].rows
+        deadline, behind = time.monotonic() + self.batch_timeout, False
+        while True:
+            for task in list(self._queue):
+                if task.key == key and rows + task.rows <= self.max_batch_size:
+                    self._queue.remove(task)
+                    batch.append(task)
+                    rows += task.rows
+                    deadline = max(deadline, time.monotonic() + self.batch_timeout)
+            if rows >= self.max_batch_size or self._stopping:
                 return batch
-            deadline = time.monotonic() + self.batch_timeout
-            rows = first.rows
-            while True:
-                for task in list(self._queue):
-                    if task.key == first.key and rows + task.rows <= self.max_batch_size:
-                        self._queue.remove(task)
-                        batch.append(task)
-                        rows += task.rows
-                remaining = deadline - time.monotonic()
-                if rows >= self.max_batch_size or remaining <= 0 or self._stopping:
-                    return batch
-                self._cond.wait(remaining)
+            if self._in_flight[key]:
+                behind = True
+                self._cond.wait(0.5)  # woken by a new request or the end of that run
+                continue
+            if behind:  # that run has just answered: give its clients time to send again
+                behind, deadline = False, max(deadline, time.monotonic() + self.rejoin_timeout)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return batch
+            self._cond.wait(remaining)
 
     def _work(self) -> None:
         while True:
             batch = self._take()
             if batch is None:
                 return
+            key = batch[0].key
             batch = [task for task in batch if task.future.set_running_or_notify_cancel()]
-            if not batch:
-                continue
             try:
-                self._run(batch)
+                if batch:
+                    self._run(batch)
             except Exception as err:  # never let a worker die: fail the batch, keep serving
                 for task in batch:
                     if not task.future.done():
                         task.future.set_exception(err)
+            finally:
+                with self._cond:
+                    self._in_flight[key] -= 1
+                    self._cond.notify_all()  # a run gathering behind this one may start
 
     def _run(self, batch: list[_Task]) -> None:
         first, running = batch[0], _Running(batch)
