@@ -79,6 +79,8 @@ def speed(args) -> None:
     print(f"| graph | batch | prompt | one pass ms | chunked ({chunk_size}) ms | chunked / one pass | same tokens |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for graph, batch, length in CELLS:
+        if args.graph and graph != args.graph:
+            continue
         inputs = inputs_for(model, batch, length, args.new_tokens)
         fns = [build_fn(model, graph, batch, length, args.new_tokens, chunk) for chunk in (None, chunk_size)]
         outputs = [fn(**inputs)["sequences"].numpy() for fn in fns]  # compiles
@@ -142,6 +144,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="small", choices=("small", "medium", "large"))
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--graph", choices=("xla", "plain"), default=None, help="only this graph's cells")
     parser.add_argument("--memory", action="store_true", help="peak RSS of one widest prefill, both ways")
     parser.add_argument("--batch", type=int, default=8, help="rows of the --memory call")
     parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
