@@ -29,7 +29,8 @@ the tokens it got at the start. Goal (issue 14): the expected status, peak RSS g
 The token-limit fault sends the row limit's rows of the widest prompt (max_positions - cap:
 64 x 1008 tokens on the DialoGPT-small shape, a 4.8 GB KV cache); `--max-tokens-per-request`
 refuses it. The deadline fault sends the most that limit allows (8 rows of 1008 on that shape)
-on `generate`, whose run is stopped at its next decode step once its client has gone.
+on `generate`, whose run is stopped between two chunks of its prefill (or at its next decode
+step) once its client has gone; its row says how much of the peak growth is the run's KV cache.
 
     python benchmarks/hostile.py --tiny     # the tests' tiny model: a smoke run, ~5 min
     python benchmarks/hostile.py   # DialoGPT-small shape, random weights, ~11 min
@@ -57,6 +58,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from tfdialogpt import padding  # noqa: E402
 from tfdialogpt.serving.limits import RequestLimits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -366,13 +368,18 @@ def fault_2(h: Hostile, width: int, deadline: float) -> list[Row]:
         ok, after, latency_ms = h.timed_good()
         busy = wait_until_idle(h.pid, limit=1800)
     prompt = h.alone_ms
+    # The run preallocates 2 x layers x hidden float32 values a position, for the padded prompt
+    # plus the export's cap (h.new) of new tokens, as rss_mb counts (MiB).
+    positions = min(padding.padded_length(width, h.new, h.config.max_positions) + h.new, h.config.max_positions)
+    cache_mb = allowed * positions * 2 * h.config.num_layers * h.config.hidden_size * 4 / 2**20
     rows.append(
         Row(
             label,
             f"`generate`, {allowed} rows (the token limit's most) x {width} tokens, max_new_tokens {h.new}, "
             f"deadline {deadline} s; the good request right after",
             f"{status_cell(code, details)} after {seconds:.2f} s; the server stayed busy {busy:.0f} s more "
-            "after the good answer",
+            f"after the good answer; of the peak growth, {cache_mb:.0f} MB is the run's KV cache "
+            f"({allowed} x {positions} positions), +{rss.growth - cache_mb:.0f} MB the rest",
             f"DEADLINE_EXCEEDED; the good request prompt (alone: {prompt:.0f} ms; allowed here: 3x or +1 s)",
             code == "DEADLINE_EXCEEDED" and ok and latency_ms < max(3 * prompt, prompt + 1000),
             rss.growth,
@@ -405,8 +412,6 @@ def fault_3(h: Hostile, base: Path) -> list[Row]:
 
 def fault_4(h: Hostile, count: int = 30) -> list[Row]:
     """Odd (rows, width) inside the compiled buckets of `generate_xla`: no new compile, same answers."""
-    from tfdialogpt import padding
-
     eos = h.config.eos_token_id
     bucket = padding.padded_length(17, h.new, h.config.max_positions)  # 32: widths 17..31 share it
     rng = np.random.default_rng(4)

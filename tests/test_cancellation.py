@@ -5,7 +5,9 @@
 - the batcher drops an abandoned queued request unrun, keeps a run going while one of its
   requests still waits, and stops it when the last one goes;
 - the exported signatures called with a stopped run answer CANCELLED (a decode already under
-  way inside one XLA op runs to its end: `cancellation.py`).
+  way inside one XLA op runs to its end: `cancellation.py`);
+- a stopped long-prompt run on the plain `generate` signature ends within its prefill (the
+  prompt runs in chunks, one loop step each).
 
 Every wait is bounded."""
 
@@ -16,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from serving_utils import EOS, MODEL_NAME, bucket_pad
+from serving_utils import CAP, EOS, MODEL_NAME, SERVE_CONFIG, bucket_pad
 
 from tfdialogpt.serving import signatures as contract
 
@@ -176,5 +178,53 @@ def test_the_exported_signatures_answer_cancelled_when_stopped(shared_export, si
             servable.run(signature, inputs, stopped)
         # The next call on the same servable is unaffected.
         assert servable.run(signature, inputs)["sequences"].tolist() == answer["sequences"].tolist()
+    finally:
+        servable.close()
+
+
+@pytest.mark.slow
+def test_a_stopped_long_prompt_run_ends_within_its_prefill(serving_tokenizer, tmp_path):
+    """8 rows of 1000 prompt tokens, one new token: the run is nearly all prefill (8 chunks).
+    Stopped soon after it starts, it ends in a fraction of the time the whole run takes."""
+    from tfdialogpt import DialoGPT
+    from tfdialogpt.serving import cancellation
+    from tfdialogpt.serving.errors import RequestCancelledError
+    from tfdialogpt.serving.export import export
+    from tfdialogpt.serving.servables import Servable
+
+    config = SERVE_CONFIG.replace(max_positions=1024, hidden_size=384, num_layers=4, num_heads=4)
+    result = export(
+        DialoGPT(config),
+        tmp_path / "dialogpt",
+        max_new_tokens_cap=CAP,
+        warmup_prompt_lengths=(),
+        warmup_signatures=(),
+        include_xla=False,
+        tokenizer=serving_tokenizer,
+    )
+    servable = Servable(MODEL_NAME, 1, result.path)
+    try:
+        ids = np.random.default_rng(0).integers(0, EOS, (8, 1000)).astype(np.int32)
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            **contract.setting_inputs({"max_new_tokens": 1}),
+        }
+        short = {**inputs, "input_ids": ids[:1, :16], "attention_mask": np.ones_like(ids[:1, :16])}
+        servable.run("generate", short)  # the graph's first call
+        began = time.perf_counter()
+        answer = servable.run("generate", inputs)
+        whole = time.perf_counter() - began
+
+        stopped = cancellation.Run()
+        timer = threading.Timer(whole / 10, stopped.cancel)
+        timer.start()
+        began = time.perf_counter()
+        with pytest.raises(RequestCancelledError):
+            servable.run("generate", inputs, stopped)
+        elapsed = time.perf_counter() - began
+        timer.join()
+        assert elapsed < whole / 2, f"stopped at {whole / 10:.2f} s, ended at {elapsed:.2f} s of a {whole:.2f} s run"
+        assert servable.run("generate", inputs)["sequences"].tolist() == answer["sequences"].tolist()
     finally:
         servable.close()

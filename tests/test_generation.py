@@ -373,6 +373,67 @@ def test_new_prompt_length_in_the_same_bucket_does_not_retrace(lively):
     assert len(COMPILED.keys(model)) == 2
 
 
+# ---- the chunked prefill -----------------------------------------------------------------------------
+
+LOGITS_TOL = 1e-4  # as tests/test_model.py
+
+
+def _prefill(model, ids, mask, chunk_size, new_tokens=4):
+    """(first-token logits [B, V], cache) of the prompt run into a cache with room for `new_tokens`."""
+    from tfdialogpt.generation.prefill import prefill
+
+    full_mask = np.concatenate([mask, np.ones((len(ids), new_tokens), np.int32)], axis=1)
+    cache = model.init_cache(len(ids), ids.shape[1] + new_tokens)
+    last, cache = prefill(model, tf.constant(ids), tf.constant(full_mask), cache, chunk_size)
+    return model.lm_head(last).numpy(), cache
+
+
+@pytest.mark.parametrize("chunk_size", [4, 5, 7, 17])
+def test_chunked_prefill_equals_the_one_pass_prefill(lively, chunk_size):
+    """Three left-padded rows of 18 positions: chunks that divide it and chunks that do not
+    (the last chunk then overlaps the one before)."""
+    _, model = lively
+    ids, mask = dialogue_batch(seed=10)
+    B, T = ids.shape
+    H, D = TINY.num_heads, TINY.head_size
+    one_logits, one_cache = _prefill(model, ids, mask, None)
+    logits, cache = _prefill(model, ids, mask, chunk_size)
+    np.testing.assert_allclose(logits, one_logits, atol=LOGITS_TOL)
+    np.testing.assert_allclose(logits, model(ids, attention_mask=mask).numpy()[:, -1], atol=LOGITS_TOL)
+    # Every real token's keys and values (a left pad's are never attended to).
+    real = mask.astype(bool)
+    for buffer, one_buffer in zip(tf.nest.flatten(cache), tf.nest.flatten(one_cache), strict=True):
+        rows, one_rows = (np.asarray(b).reshape(B, H, -1, D).transpose(0, 2, 1, 3)[:, :T] for b in (buffer, one_buffer))
+        np.testing.assert_allclose(rows[real], one_rows[real], atol=LOGITS_TOL)
+
+
+@pytest.mark.parametrize(
+    "jit_compile, static_length, options",
+    [(False, False, {}), (False, True, {}), (True, True, {}), (False, False, {"num_beams": 3})],
+    ids=["plain_any_length", "plain", "xla", "plain_beam"],
+)
+def test_chunked_prefill_generates_what_hf_does(lively, jit_compile, static_length, options):
+    """The generate function with chunks of 8 over left-padded prompts of 30 positions, in the
+    forms the exported `generate` signature (any length, no XLA) and `model.generate` take."""
+    from tfdialogpt.generation.engine import make_generate_fn, runtime_inputs
+    from tfdialogpt.generation_config import GenerationConfig
+
+    pt, model = lively
+    ids, mask = dialogue_batch(seed=11, lengths=(9, 23, 30))
+    fn = make_generate_fn(
+        model,
+        max_new_tokens=12,
+        jit_compile=jit_compile,
+        prompt_length=ids.shape[1] if static_length else None,
+        prefill_chunk_size=8,
+        **options,
+    )
+    config = GenerationConfig(max_new_tokens=12, seed=0, **options).validate(vocab_size=TINY.vocab_size)
+    config = config.replace(eos_token_id=EOS, pad_token_id=EOS)
+    ours = fn(input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **runtime_inputs(config))
+    np.testing.assert_array_equal(ours["sequences"].numpy(), hf_generate(pt, ids, mask, 12, **options))
+
+
 # ---- argument checks -------------------------------------------------------------------------------
 
 

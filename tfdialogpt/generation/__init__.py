@@ -4,6 +4,7 @@ Layers, each usable alone:
 - `processors`: pure functions of next-token logits (HF semantics).
 - `sampling.decode` / `beam_search.beam_search`: `tf.while_loop`s over a
   `next(tokens, cache, index)` callback; they never see a model.
+- `prefill.prefill`: the prompt's forward pass into the cache, a loop over chunks of it.
 - `engine.make_generate_fn`: a model wired into the loops as one `tf.function` (XLA by
   default) whose run-time settings are tensor inputs; the SavedModel exporter wraps it.
 - `engine.generate`: config checks, left re-padding, buckets (`tfdialogpt.padding`),

@@ -23,6 +23,7 @@ import tensorflow as tf
 from tfdialogpt import padding
 from tfdialogpt.generation import buckets
 from tfdialogpt.generation.beam_search import beam_search
+from tfdialogpt.generation.prefill import CHUNK_SIZE, prefill
 from tfdialogpt.generation.sampling import SamplingParams, decode
 from tfdialogpt.generation_config import RUNTIME, SETTINGS, GenerationConfig
 from tfdialogpt.layers import positions_from_mask
@@ -102,6 +103,7 @@ def make_generate_fn(
     prompt_length: int | None = None,
     jit_compile: bool = True,
     per_row: bool = False,
+    prefill_chunk_size: int | None = CHUNK_SIZE,
 ):
     """Builds the generate function of `model` as a `tf.function`.
 
@@ -124,6 +126,10 @@ def make_generate_fn(
     served signatures take, so requests with different settings share a run): each row is
     then decoded as if alone, with its own seed stream, `max_new_tokens` and greedy or sampled
     choice. Beam search (`num_beams` > 1) takes scalars only.
+
+    `prefill_chunk_size`: the prompt's forward pass runs this many positions per loop step
+    (`tfdialogpt.generation.prefill`: a stopped run ends between chunks, activations are
+    bounded by the chunk); None runs it in one pass.
 
     Example:
         >>> fn = make_generate_fn(model, max_new_tokens=64)  # doctest: +SKIP
@@ -158,8 +164,8 @@ def make_generate_fn(
         # The mask over the whole cache buffer: the prompt's, then the N new tokens.
         full_mask = tf.concat([mask, tf.ones([tf.shape(ids)[0], N], tf.int32)], axis=1)
         cache = model.init_cache(tf.shape(ids)[0], T + N)
-        hidden, cache = model.call_with_cache(ids, cache, 0, attention_mask=full_mask, return_hidden=True)
-        first_logits = model.lm_head(hidden[:, -1])
+        last_hidden, cache = prefill(model, ids, full_mask, cache, prefill_chunk_size)
+        first_logits = model.lm_head(last_hidden)
         next_fn = next_token_fn(model, full_mask)
         common = dict(max_new_tokens=N, eos_token_id=eos, pad_token_id=pad, no_repeat_ngram_size=ngram)
         if K > 1:

@@ -154,7 +154,8 @@ class Servable:
 
     def run(self, name: str, inputs: Mapping[str, np.ndarray], run: cancellation.Run | None = None) -> dict:
         """Runs a signature on numpy inputs; graph errors become INVALID_ARGUMENT or INTERNAL.
-        Stopped by `run.cancel()` (CANCELLED), at its next decode step unless XLA-compiled."""
+        Stopped by `run.cancel()` (CANCELLED) at its next loop step (a chunk of the prompt's
+        forward pass, or a decode step) unless XLA-compiled."""
         import tensorflow as tf
 
         fn = self.functions[name]
