@@ -255,8 +255,10 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from tfdialogpt._quiet import import_tensorflow
+
+    tf = import_tensorflow()  # without TensorFlow's native start-up lines
     import keras
-    import tensorflow as tf
 
     from tfdialogpt import DialoGPT, DialoGPTConfig
     from tfdialogpt.chat import changed_settings

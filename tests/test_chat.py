@@ -235,8 +235,13 @@ def test_mmi_scores_a_history_longer_than_the_reverse_model_on_its_newest_whole_
     eos = tokenizer.eos_token_id
     reverse = DialoGPT(
         DialoGPTConfig(
-            vocab_size=tokenizer.vocab_size, max_positions=32, hidden_size=16, num_layers=1, num_heads=2,
-            eos_token_id=eos, bos_token_id=eos,
+            vocab_size=tokenizer.vocab_size,
+            max_positions=32,
+            hidden_size=16,
+            num_layers=1,
+            num_heads=2,
+            eos_token_id=eos,
+            bos_token_id=eos,
         )  # fmt: skip
     )
     turns = ["Do you like music?", "Yes, I love jazz.", "What is your name?", "My name is Bot.", "Good night"]

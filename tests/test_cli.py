@@ -160,6 +160,30 @@ def test_chat_with_a_server_sends_text_or_budgets_ids_by_the_model_config(monkey
         commands._make_chat(parse(args))
 
 
+def test_mmi_flag_finds_the_reverse_model_beside_the_model_or_says_there_is_none(tmp_path):
+    """`--mmi` takes the model's own reverse model (`reverse/` in its directory; the embedded
+    default has one); a model without one is one line and exit 2, not a traceback."""
+    from tfdialogpt import cli, commands
+    from tfdialogpt.checkpoint_files import reverse_model_dir
+    from tfdialogpt.config import DEFAULT_MODEL_DIR, DialoGPTConfig
+
+    parse = cli.build_parser().parse_args
+    assert reverse_model_dir("default") == DEFAULT_MODEL_DIR / "reverse"
+    assert commands._mmi_model(parse(["chat", "--mmi"])) == DEFAULT_MODEL_DIR / "reverse"
+    assert commands._mmi_model(parse(["evaluate", "--data", "x.tsv", "--mmi"])) == DEFAULT_MODEL_DIR / "reverse"
+    assert commands._mmi_model(parse(["chat", "--mmi-model", "some/dir"])) == "some/dir"
+    alone = tmp_path / "alone"
+    DialoGPTConfig(vocab_size=100, max_positions=64, hidden_size=8, num_layers=1, num_heads=2).save(alone)
+    out = run("generate", "--model", str(alone), "--mmi", "Hello")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"tfdialogpt generate: error: no reverse model beside model '{alone}' (looked for reverse/config.json "
+        "in its directory): name the reverse model itself (--mmi-model)"
+    ]
+    out = run("chat", "--mmi", "--mmi-model", "default")
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr
+
+
 def test_chat_from_a_pipe(default_greedy):
     replies, _ = default_greedy
     out = run("chat", input="Hello\n/reset\nHow are you?\n")
@@ -309,7 +333,7 @@ def test_finetune_refuses_its_model_directory_a_foreign_one_or_a_file_in_one_lin
     train.write_text("Hello\tHi there !\n")
     model = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL_DIR, model)
-    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in model.iterdir()}
+    before = {p.relative_to(model): (p.read_bytes(), p.stat().st_mtime_ns) for p in model.rglob("*") if p.is_file()}
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
@@ -323,5 +347,6 @@ def test_finetune_refuses_its_model_directory_a_foreign_one_or_a_file_in_one_lin
         lines = out.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"tfdialogpt finetune: error: output directory {output} ")
         assert message in lines[0]
-    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in model.iterdir()} == before
+    after = {p.relative_to(model): (p.read_bytes(), p.stat().st_mtime_ns) for p in model.rglob("*") if p.is_file()}
+    assert after == before
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and (foreign / "notes.txt").read_text() == "mine"

@@ -25,9 +25,12 @@ def default_model():
 
 
 def test_files_and_size_budget():
-    for name in ("config.json", "tf_model.h5", "vocab.json", "merges.txt", "build_report.json"):
-        assert (DEFAULT_MODEL_DIR / name).is_file(), name
-    total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir() if p.is_file())
+    """The model and its reverse (MMI) model, each a complete HF-layout directory, together
+    within the 20 MiB package budget."""
+    for directory in (DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR / "reverse"):
+        for name in ("config.json", "tf_model.h5", "vocab.json", "merges.txt", "build_report.json"):
+            assert (directory / name).is_file(), directory / name
+    total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
     assert total <= 20 * 1024 * 1024, total
 
 
@@ -88,3 +91,17 @@ def test_reported_validation_perplexity_is_reproduced(default_model):
     scores = evaluate(model, valid, tokenizer=tokenizer, max_seq_len=arguments["max_seq_len"], generate=False)
     assert scores["perplexity"] == pytest.approx(report["valid"]["perplexity"], rel=1e-4)
     assert scores["perplexity"] < 1000
+    # The reverse model, on the same conversations with their turns reversed.
+    from tfdialogpt import DialoGPT
+
+    reverse = DialoGPT.from_pretrained(DEFAULT_MODEL_DIR / "reverse")
+    reverse_report = json.loads((DEFAULT_MODEL_DIR / "reverse" / "build_report.json").read_text())
+    backwards = evaluate(
+        reverse,
+        build.reversed_windows(valid),
+        tokenizer=tokenizer,
+        max_seq_len=arguments["max_seq_len"],
+        generate=False,
+    )
+    assert backwards["perplexity"] == pytest.approx(reverse_report["valid_reversed_ccc"]["perplexity"], rel=1e-4)
+    assert backwards["perplexity"] < 1000  # trained: a random model scores about its vocabulary size

@@ -133,3 +133,14 @@ def test_export_and_serve(tmp_path):
     assert served and served == local and equal is True
     assert all(isinstance(r, str) and r.strip() for r in tagged(nb, "served-chat"))
     assert tagged(nb, "server-exit") == 0  # SIGTERM: a clean shutdown
+
+
+def test_mmi(tmp_path):
+    nb = run_notebook("mmi.ipynb", tmp_path)
+    side_by_side = tagged(nb, "greedy-vs-mmi")
+    assert len(side_by_side) == 4 and all(greedy and mmi for _, greedy, mmi in side_by_side)
+    assert any(greedy != mmi for _, greedy, mmi in side_by_side)  # the reranking changes something
+    picked, ranked = tagged(nb, "ranked")
+    assert len(ranked) == 8 and picked == ranked[0][1]  # the chat's pick is the best-scored candidate
+    greedy, reranked = tagged(nb, "metrics")
+    assert set(greedy) == set(reranked) == {"bleu2", "dist1", "dist2", "avg_length"}
