@@ -254,7 +254,8 @@ def test_read_prepared_checks_the_tokenizer_and_the_shards(data, tokenizer, prep
     from tfdialogpt.training.bpe import train_byte_level_bpe
 
     other = train_byte_level_bpe(WORDS * 3, 300, tmp_path / "bpe")
-    message = rf"tokenized with another tokenizer .*2048 ids\) than the one given .*{other.vocab_size} ids"
+    ours, theirs = tokenizer.vocab_size, other.vocab_size
+    message = rf"tokenized with another tokenizer .*{ours} ids\) than the one given .*{theirs} ids"
     with pytest.raises(TokenizerMismatchError, match=message):
         read_prepared(prepared, other)
     assert len(read_prepared(prepared, None)) == 41
