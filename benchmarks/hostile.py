@@ -26,9 +26,9 @@ the tokens it got at the start. Goal (issue 14): the expected status, peak RSS g
    a client gets holds the server's absolute paths (the temporary directory); and SIGTERM
    against `--grace`.
 
-The token-limit fault sends the row limit's rows of the widest prompt (max_positions - cap:
-64 x 1008 tokens on the DialoGPT-small shape, a 4.8 GB KV cache); `--max-tokens-per-request`
-refuses it. The deadline fault sends the most that limit allows (8 rows of 1008 on that shape)
+The cache-limit fault sends the row limit's rows of the widest prompt (max_positions - cap:
+64 x 1008 tokens on the DialoGPT-small shape, a 4.8 GB KV cache); `--max-cache-mb-per-request`
+refuses it. The deadline fault sends the most that limit allows (1 row of 1008 on that shape)
 on `generate`, whose run is stopped between two chunks of its prefill (or at its next decode
 step) once its client has gone; its row says how much of the peak growth is the run's KV cache.
 
@@ -171,7 +171,7 @@ class Hostile:
         from tfdialogpt.serving.protos import apis
 
         self.server, self.config, self.new, self.workdir, self.max_rows = server, config, new, workdir, max_rows
-        self.max_tokens = RequestLimits.max_tokens  # the server runs with the default
+        self.max_cache_mb = RequestLimits.max_cache_mb  # the server runs with the default
         self.pid = server.process.pid
         self.channel = grpc.insecure_channel(
             server.target,
@@ -343,7 +343,7 @@ def fault_2(h: Hostile, width: int, deadline: float) -> list[Row]:
         )
     )
 
-    label = "2 token limit"
+    label = "2 cache limit"
     request = h.request("generate", h.ids(h.max_rows, width, seed=2), h.max_rows)
     with PeakRss(h.pid) as rss:
         code, details, _, seconds = h.predict(label, request)
@@ -353,29 +353,31 @@ def fault_2(h: Hostile, width: int, deadline: float) -> list[Row]:
             label,
             f"`generate`, {h.max_rows} rows (the row limit) x {width} tokens, max_new_tokens {h.new}",
             status_cell(code, details) + f" in {seconds * 1000:.0f} ms",
-            "INVALID_ARGUMENT ('--max-tokens-per-request')",
-            code == "INVALID_ARGUMENT" and "max-tokens-per-request" in details and ok,
+            "INVALID_ARGUMENT ('--max-cache-mb-per-request')",
+            code == "INVALID_ARGUMENT" and "max-cache-mb-per-request" in details and ok,
             rss.growth,
             after,
         )
     )
 
     label = "2 deadline, client gone"
-    allowed = max(1, min(h.max_rows, h.max_tokens // h.config.max_positions))  # the most the token limit allows
+    # The run preallocates 2 x layers x hidden float32 values a position, for the padded prompt
+    # plus the export's cap (h.new) of new tokens, as rss_mb counts (MiB); the most rows the
+    # cache limit allows (at least one), the arithmetic done here, not by the server's code.
+    positions = min(padding.padded_length(width, h.new, h.config.max_positions) + h.new, h.config.max_positions)
+    row_mb = positions * 2 * h.config.num_layers * h.config.hidden_size * 4 / 2**20
+    allowed = max(1, min(h.max_rows, int(h.max_cache_mb // row_mb)))
     request = h.request("generate", h.ids(allowed, width, seed=2), allowed)
     with PeakRss(h.pid) as rss:
         code, details, _, seconds = h.predict(label, request, timeout=deadline)
         ok, after, latency_ms = h.timed_good()
         busy = wait_until_idle(h.pid, limit=1800)
     prompt = h.alone_ms
-    # The run preallocates 2 x layers x hidden float32 values a position, for the padded prompt
-    # plus the export's cap (h.new) of new tokens, as rss_mb counts (MiB).
-    positions = min(padding.padded_length(width, h.new, h.config.max_positions) + h.new, h.config.max_positions)
-    cache_mb = allowed * positions * 2 * h.config.num_layers * h.config.hidden_size * 4 / 2**20
+    cache_mb = allowed * row_mb
     rows.append(
         Row(
             label,
-            f"`generate`, {allowed} rows (the token limit's most) x {width} tokens, max_new_tokens {h.new}, "
+            f"`generate`, {allowed} rows (the cache limit's most) x {width} tokens, max_new_tokens {h.new}, "
             f"deadline {deadline} s; the good request right after",
             f"{status_cell(code, details)} after {seconds:.2f} s; the server stayed busy {busy:.0f} s more "
             f"after the good answer; of the peak growth, {cache_mb:.0f} MB is the run's KV cache "

@@ -100,7 +100,12 @@ class _WaitingServable:
         from serving_utils import CAP
 
         self.limits = contract.Limits(
-            vocab_size=257, max_positions=96, eos_token_id=EOS, pad_token_id=EOS, max_new_tokens_cap=CAP
+            vocab_size=257,
+            max_positions=96,
+            eos_token_id=EOS,
+            pad_token_id=EOS,
+            cache_bytes_per_position=512,
+            max_new_tokens_cap=CAP,
         )
         self.started, self.go, self.runs = threading.Event(), threading.Event(), []
 

@@ -53,6 +53,7 @@ def test_layout_is_tf_serving_s(exported):
         limits = contract.Limits.from_json_dict(json.load(f))
     assert limits == exported.limits
     assert (limits.max_new_tokens_cap, limits.vocab_size, limits.eos_token_id) == (CAP, 257, EOS)
+    assert limits.cache_bytes_per_position == 2 * 2 * 32 * 4  # keys and values x layers x hidden x float32
 
 
 def test_warmup_records_cover_each_bucket(exported):
@@ -204,6 +205,7 @@ def test_warmup_requests_skip_buckets_that_do_not_fit():
         max_positions=40,
         eos_token_id=EOS,
         pad_token_id=EOS,
+        cache_bytes_per_position=512,
         max_new_tokens_cap=8,
         warmup_prompt_lengths=(16, 32, 64),
     )

@@ -1,10 +1,11 @@
-"""A request may not ask for more KV-cache positions than `--max-tokens-per-request` (rows x
-(padded prompt + max_new_tokens)): a 64-row request of long histories is a few hundred KB on
-the wire and, on DialoGPT-small, 4.8 GB of cache. Expected positions are worked out by hand
+"""A request may not ask for more KV cache than `--max-cache-mb-per-request` (rows x (padded
+prompt + max_new_tokens) x the model's bytes a position): a 64-row request of long histories
+is a few hundred KB on the wire and, on DialoGPT-small, 4.8 GB of cache. Expected positions are worked out by hand
 from the prompt buckets (16, 32, 64, ...)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import grpc
@@ -17,7 +18,14 @@ from tfdialogpt.serving.errors import InvalidRequestError
 from tfdialogpt.serving.limits import RequestLimits
 from tfdialogpt.serving.request_checks import positions_per_row
 
-LIMITS = contract.Limits(vocab_size=257, max_positions=96, eos_token_id=EOS, pad_token_id=EOS, max_new_tokens_cap=CAP)
+LIMITS = contract.Limits(
+    vocab_size=257,
+    max_positions=96,
+    eos_token_id=EOS,
+    pad_token_id=EOS,
+    cache_bytes_per_position=512,
+    max_new_tokens_cap=CAP,
+)  # 512 = 2 x 2 layers x 32 hidden x 4 bytes: SERVE_CONFIG's
 
 
 def _generate(rows, new):
@@ -43,13 +51,29 @@ def test_positions_per_row_follow_the_buckets():
     assert positions_per_row(contract.SCORE, score, LIMITS) == 40
 
 
-def test_check_tokens_refuses_more_than_the_limit():
-    limits = RequestLimits(max_tokens=200)
-    limits.check_tokens(8, 25)
-    with pytest.raises(InvalidRequestError, match=r"9 rows x 24 positions = 216 tokens .* at most 200"):
-        limits.check_tokens(9, 24)
+def test_check_cache_refuses_more_than_the_limit():
+    limits = RequestLimits(max_cache_mb=0.1)  # 104,857 bytes / 512 a position: 204 tokens
+    assert limits.max_tokens(LIMITS) == 204
+    limits.check_cache(8, 25, LIMITS)
+    with pytest.raises(
+        InvalidRequestError, match=r"9 rows x 24 positions = 216 tokens .* at most 0.1 MiB .*204 tokens"
+    ):
+        limits.check_cache(9, 24, LIMITS)
+    # One full-length row is always allowed, however small the budget.
+    RequestLimits(max_cache_mb=0.001).check_cache(1, 96, LIMITS)
+    with pytest.raises(InvalidRequestError, match="98 tokens"):
+        RequestLimits(max_cache_mb=0.001).check_cache(2, 49, LIMITS)
     with pytest.raises(ValueError):
-        RequestLimits(max_tokens=0)
+        RequestLimits(max_cache_mb=0)
+
+
+@pytest.mark.parametrize(
+    "layers, hidden, positions",  # the default 128 MiB on DialoGPT's shapes, float32: worked by hand
+    [(12, 768, 1820), (24, 1024, 1024), (36, 1280, 1024)],  # small; medium, large: one full row
+)
+def test_the_default_budget_on_dialogpt_shapes(layers, hidden, positions):
+    model = dataclasses.replace(LIMITS, max_positions=1024, cache_bytes_per_position=2 * layers * hidden * 4)
+    assert RequestLimits().max_tokens(model) == positions
 
 
 def test_the_server_refuses_a_request_over_its_token_limit(shared_export, tmp_path):
@@ -57,13 +81,13 @@ def test_the_server_refuses_a_request_over_its_token_limit(shared_export, tmp_pa
 
     base = tmp_path / MODEL_NAME
     shutil.copytree(shared_export.path, base / "1")
-    server = ServerProcess(base, tmp_path / "server.log", "--max-tokens-per-request", "200", "--no-warmup")
+    server = ServerProcess(base, tmp_path / "server.log", "--max-cache-mb-per-request", "0.1", "--no-warmup")
     try:
         server.wait_for_version(1)
         with Client(server.target, MODEL_NAME, timeout=60, max_positions=96, eos_token_id=EOS) as client:
             prompt = [5, 9, 33, EOS]
             with pytest.raises(InvalidRequestError, match="216 tokens") as err:
-                client.generate([prompt] * 9, max_new_tokens=8)  # 9 x (16 + 8)
+                client.generate([prompt] * 9, max_new_tokens=8)  # 9 x (16 + 8) x 512 bytes > 0.1 MiB
             assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
             out = client.generate([prompt] * 8, max_new_tokens=8)  # 8 x 24 = 192: answered
             assert out.sequences.shape == (8, 8)

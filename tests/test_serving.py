@@ -203,7 +203,14 @@ def test_tensor_protos_round_trip_and_match_tensorflow():
         to_tensor_proto(np.array([b"ok", 3], object))
 
 
-LIMITS = contract.Limits(vocab_size=257, max_positions=96, eos_token_id=EOS, pad_token_id=EOS, max_new_tokens_cap=CAP)
+LIMITS = contract.Limits(
+    vocab_size=257,
+    max_positions=96,
+    eos_token_id=EOS,
+    pad_token_id=EOS,
+    cache_bytes_per_position=512,
+    max_new_tokens_cap=CAP,
+)  # 512 = 2 x 2 layers x 32 hidden x 4 bytes: SERVE_CONFIG's
 
 
 def _generate_inputs(**changes):

@@ -145,6 +145,7 @@ def export(
         max_positions=config.max_positions,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id if config.pad_token_id is not None else config.eos_token_id,
+        cache_bytes_per_position=2 * config.num_layers * config.hidden_size * tf.as_dtype(model.compute_dtype).size,
         max_new_tokens_cap=max_new_tokens_cap,
         warmup_prompt_lengths=tuple(n for n in warmup_prompt_lengths if n + max_new_tokens_cap <= config.max_positions),
     )

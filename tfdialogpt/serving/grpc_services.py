@@ -279,7 +279,7 @@ class ModelServer:
         sig = servable.check(name, inputs)
         rows = int(inputs[sig.input_names[0]].shape[0]) if inputs[sig.input_names[0]].ndim else 1
         if contract.SIGNATURES.get(sig.name) is sig:
-            self.request_limits.check_tokens(rows, positions_per_row(sig, inputs, servable.limits))
+            self.request_limits.check_cache(rows, positions_per_row(sig, inputs, servable.limits), servable.limits)
         unknown = sorted(set(output_filter) - set(servable.functions[name].structured_outputs))
         if unknown:
             raise InvalidRequestError(f"output_filter names {unknown[0]!r}, which signature {name!r} does not produce")

@@ -14,8 +14,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 from tfdialogpt.serving.errors import InvalidRequestError
+
+
+class ModelLimits(Protocol):
+    """What `check_cache` needs of a served model (`signatures.Limits`, the export's metadata)."""
+
+    max_positions: int
+    cache_bytes_per_position: int
+
+
+MIB = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,17 +37,20 @@ class RequestLimits:
         max_rows: rows (the first dimension) of any input; TF Serving's batching refuses
             larger requests the same way ("larger than maximum input batch size").
         max_values: values in any one input tensor (rows x tokens, rows x turns).
-        max_tokens: rows x the positions each row's decode can fill (padded prompt plus
-            `max_new_tokens`): what the run's preallocated KV cache holds, 2 x layers x hidden
-            x 4 bytes a position (73 KB for DialoGPT-small, 8,192 of them 600 MB).
+        max_cache_mb: MiB of KV cache one request may make a run preallocate: rows x the
+            positions each row's decode can fill (padded prompt plus `max_new_tokens`) x the
+            model's bytes per position (2 x layers x hidden x 4 in float32: 72 KiB on
+            DialoGPT-small, 192 KiB medium, 360 KiB large). One full-length row is always
+            allowed, so a model whose one row needs more (medium 192 MiB, large 360 MiB) still
+            serves it.
     """
 
     max_rows: int = 64
     max_values: int = 1 << 20
-    max_tokens: int = 8192
+    max_cache_mb: float = 128.0
 
     def __post_init__(self):
-        if self.max_rows < 1 or self.max_values < 1 or self.max_tokens < 1:
+        if self.max_rows < 1 or self.max_values < 1 or not self.max_cache_mb > 0:
             raise ValueError(f"request limits must be positive, got {self}")
 
     def check_shape(self, name: str, shape: Sequence[int]) -> None:
@@ -53,12 +67,19 @@ class RequestLimits:
                 f"{self.max_values} values per input (--max-values-per-input)"
             )
 
-    def check_tokens(self, rows: int, positions: int) -> None:
+    def max_tokens(self, model: ModelLimits) -> int:
+        """Rows x positions one request may ask of `model`: `max_cache_mb` of its cache, at
+        least one full-length row."""
+        return max(model.max_positions, int(self.max_cache_mb * MIB) // model.cache_bytes_per_position)
+
+    def check_cache(self, rows: int, positions: int, model: ModelLimits) -> None:
         """Raises `InvalidRequestError` if `rows` rows of `positions` cache positions each are
-        more than one request may ask for (checked before the request is queued)."""
-        if rows * positions > self.max_tokens:
+        more than one request may ask of `model` (checked before the request is queued)."""
+        tokens, allowed = rows * positions, self.max_tokens(model)
+        if tokens > allowed:
+            need = tokens * model.cache_bytes_per_position / MIB
             raise InvalidRequestError(
-                f"the request needs {rows} rows x {positions} positions = {rows * positions} tokens of "
-                f"cache; this server takes at most {self.max_tokens} per request (--max-tokens-per-request): "
-                "send fewer rows or shorter histories"
+                f"the request needs {rows} rows x {positions} positions = {tokens} tokens of cache, "
+                f"{need:.1f} MiB on this model; this server takes at most {self.max_cache_mb:g} MiB per request "
+                f"({allowed} tokens; --max-cache-mb-per-request): send fewer rows or shorter histories"
             )

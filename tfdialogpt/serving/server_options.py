@@ -150,11 +150,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="values one input tensor may declare; more are refused before decoding",
     )
     parser.add_argument(
-        "--max-tokens-per-request",
-        type=int,
-        default=RequestLimits.max_tokens,
-        help="rows x cache positions (padded prompt + max_new_tokens) one request may ask for; more are "
-        "refused (INVALID_ARGUMENT) before queueing",
+        "--max-cache-mb-per-request",
+        type=float,
+        default=RequestLimits.max_cache_mb,
+        help="MiB of KV cache one request may need (rows x (padded prompt + max_new_tokens) x the model's bytes "
+        "a position), at least one full-length row; more are refused (INVALID_ARGUMENT) before queueing",
     )
     parser.add_argument(
         "--ssl-config-file",
@@ -198,7 +198,9 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
         allowed_batch_sizes=allowed_batch_sizes,
         warmup=not args.no_warmup,
         models=models,
-        request_limits=RequestLimits(args.max_rows_per_request, args.max_values_per_input, args.max_tokens_per_request),
+        request_limits=RequestLimits(
+            args.max_rows_per_request, args.max_values_per_input, args.max_cache_mb_per_request
+        ),
         ssl_config=read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None,
         rest_port=args.rest_api_port or None,
         rest_options=dict(

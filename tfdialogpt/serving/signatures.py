@@ -331,6 +331,7 @@ class Limits:
     max_positions: int
     eos_token_id: int
     pad_token_id: int
+    cache_bytes_per_position: int  # a row's KV cache per position: 2 x layers x hidden x dtype bytes
     max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP
     warmup_prompt_lengths: tuple[int, ...] = DEFAULT_WARMUP_PROMPT_LENGTHS
 
