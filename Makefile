@@ -5,6 +5,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The suite runs in 2 processes (pytest-xdist; the machines have 2 cores, and a test waiting on
+# a server or a notebook subprocess leaves one idle), a test file per process at a time, so a
+# file's module-scoped exports are built once. `make test TEST_WORKERS=0` runs it in one.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 .PHONY: demo test test-fast format lint bench-generate bench-train bench-serve bench-hostile bench-data clean
 
@@ -31,10 +36,10 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 bench-generate: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/generate.py

@@ -461,4 +461,7 @@ def format_table(rows, new_tokens) -> str:
 
 
 if __name__ == "__main__":
+    from tfdialogpt._quiet import import_tensorflow
+
+    import_tensorflow()  # first, so no later import prints TensorFlow's native start-up lines
     sys.exit(main())

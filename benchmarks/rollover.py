@@ -288,4 +288,7 @@ def print_table(args, results, config, size_mb, export_seconds, tf_version, pack
 
 
 if __name__ == "__main__":
+    from tfdialogpt._quiet import import_tensorflow
+
+    import_tensorflow()  # first, so no later import prints TensorFlow's native start-up lines
     sys.exit(main())

@@ -445,4 +445,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from tfdialogpt._quiet import import_tensorflow
+
+    import_tensorflow()  # first, so no later import prints TensorFlow's native start-up lines
     sys.exit(main())

@@ -11,13 +11,12 @@ them), against `Tokenizer` on the same inputs. Prints the median of many calls.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from tfdialogpt._quiet import import_tensorflow
 
-import tensorflow as tf  # noqa: E402
+tf = import_tensorflow()  # without TensorFlow's native start-up lines
 
 from tfdialogpt.text_graph import TextGraph  # noqa: E402
 from tfdialogpt.tokenizer import Tokenizer  # noqa: E402

@@ -23,11 +23,11 @@ WARMUP_LENGTHS = (16, 32)
 MODEL_NAME = "dialogpt"
 
 
-def make_model(seed: int):
+def make_model(seed: int, config=SERVE_CONFIG):
     """A tiny DialoGPT with large random weights: logits far apart, so greedy has no near-ties."""
     from tfdialogpt import DialoGPT
 
-    model = DialoGPT(SERVE_CONFIG)
+    model = DialoGPT(config)
     rng = np.random.default_rng(seed)
     for variable in model.weights:
         shape = tuple(variable.shape)

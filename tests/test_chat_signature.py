@@ -1,5 +1,7 @@
 """The exported `chat` signature (text in, text out) against in-process `Chat.reply` (greedy), on
-the embedded default model and on a DialoGPT-small-shape model, through every route a user has:
+the embedded default model and on a tiny model with GPT-2's tokenizer and DialoGPT's 1,024
+positions (the text graph and the history's truncation are what is under test here; the model's
+size is not: DialoGPT-small's parity is `test_generation.py`'s), through every route a user has:
 a process importing only tensorflow and tensorflow_text, the official
 `PredictionServiceStub` with string tensors against `tfdialogpt serve`, and its REST API.
 
@@ -17,7 +19,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from serving_utils import MODEL_NAME, ServerProcess
+from conftest import TINY
+from serving_utils import MODEL_NAME, ServerProcess, make_model
 from test_tokenizer import gpt2_dir  # noqa: F401 (fixture)
 
 from tfdialogpt import DialoGPT, Tokenizer
@@ -65,15 +68,18 @@ class Case:
         self.expected = expected_replies(model, tokenizer, histories)
 
 
-@pytest.fixture(scope="module", params=["default", "small"])
+# GPT-2's vocabulary and DialoGPT's positions on a tiny body, with decisive logits.
+GPT2_TINY = TINY.replace(vocab_size=50257, max_positions=1024, bos_token_id=50256, eos_token_id=50256)
+
+
+@pytest.fixture(scope="module", params=["default", "gpt2"])
 def case(request, tmp_path_factory, gpt2_dir):  # noqa: F811
     base = tmp_path_factory.mktemp(f"chat_{request.param}") / MODEL_NAME
     if request.param == "default":
         model, tokenizer = DialoGPT.from_pretrained("default"), Tokenizer.from_pretrained("default")
         result = export(model, base, max_new_tokens_cap=NEW, warmup_prompt_lengths=(16,))
     else:
-        small_reference = request.getfixturevalue("small_reference")
-        model = DialoGPT.from_pretrained(small_reference.path("tf_h5"))
+        model = make_model(0, GPT2_TINY)
         tokenizer = Tokenizer.from_pretrained(gpt2_dir)
         result = export(
             model, base, max_new_tokens_cap=NEW, warmup_prompt_lengths=(16,), include_xla=False, tokenizer=tokenizer
