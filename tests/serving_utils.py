@@ -23,6 +23,20 @@ WARMUP_LENGTHS = (16, 32)
 MODEL_NAME = "dialogpt"
 
 
+def serve_limits():
+    """The limits an export of a SERVE_CONFIG model with cap CAP has (`signatures.Limits`)."""
+    from tfdialogpt.serving import signatures as contract
+
+    return contract.Limits(
+        vocab_size=257,
+        max_positions=96,
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+        cache_bytes_per_position=512,  # 2 (keys, values) x 2 layers x 32 hidden x 4 bytes
+        max_new_tokens_cap=CAP,
+    )
+
+
 def make_model(seed: int, config=SERVE_CONFIG):
     """A tiny DialoGPT with large random weights: logits far apart, so greedy has no near-ties."""
     from tfdialogpt import DialoGPT

@@ -97,16 +97,9 @@ class _WaitingServable:
     version = 1
 
     def __init__(self):
-        from serving_utils import CAP
+        from serving_utils import serve_limits
 
-        self.limits = contract.Limits(
-            vocab_size=257,
-            max_positions=96,
-            eos_token_id=EOS,
-            pad_token_id=EOS,
-            cache_bytes_per_position=512,
-            max_new_tokens_cap=CAP,
-        )
+        self.limits = serve_limits()
         self.started, self.go, self.runs = threading.Event(), threading.Event(), []
 
     def run(self, name, inputs, control):

@@ -11,21 +11,14 @@ import shutil
 import grpc
 import numpy as np
 import pytest
-from serving_utils import CAP, EOS, MODEL_NAME, ServerProcess, left_pad
+from serving_utils import EOS, MODEL_NAME, ServerProcess, left_pad, serve_limits
 
 from tfdialogpt.serving import signatures as contract
 from tfdialogpt.serving.errors import InvalidRequestError
 from tfdialogpt.serving.limits import RequestLimits
 from tfdialogpt.serving.request_checks import positions_per_row
 
-LIMITS = contract.Limits(
-    vocab_size=257,
-    max_positions=96,
-    eos_token_id=EOS,
-    pad_token_id=EOS,
-    cache_bytes_per_position=512,
-    max_new_tokens_cap=CAP,
-)  # 512 = 2 x 2 layers x 32 hidden x 4 bytes: SERVE_CONFIG's
+LIMITS = serve_limits()
 
 
 def _generate(rows, new):

@@ -27,6 +27,7 @@ from serving_utils import (
     bucket_pad,
     greedy_reference,
     left_pad,
+    serve_limits,
 )
 
 from tfdialogpt.serving import signatures as contract
@@ -203,14 +204,7 @@ def test_tensor_protos_round_trip_and_match_tensorflow():
         to_tensor_proto(np.array([b"ok", 3], object))
 
 
-LIMITS = contract.Limits(
-    vocab_size=257,
-    max_positions=96,
-    eos_token_id=EOS,
-    pad_token_id=EOS,
-    cache_bytes_per_position=512,
-    max_new_tokens_cap=CAP,
-)  # 512 = 2 x 2 layers x 32 hidden x 4 bytes: SERVE_CONFIG's
+LIMITS = serve_limits()
 
 
 def _generate_inputs(**changes):
