@@ -72,7 +72,11 @@ def test_reader_keeps_good_conversations_and_reports_the_others_by_id_and_line(t
         ("Hi!", "Hello.", "Bye"),
     ]
     assert [d.weights for d in found.dialogues] == [(1.0, 1.0, 1.0), (1.0, 1.0), (1.0, 1.0, 1.0)]
-    assert [d.source for d in found.dialogues] == [f"{path}:2", f"{path}:9", f"{path}:12"]
+    assert [d.source for d in found.dialogues] == [
+        f"{path}:2: conversation c1",
+        f"{path}:9: conversation c8",
+        f"{path}:12: conversation c11",
+    ]
     assert [(issue.path, issue.line) for issue in found.issues] == [(str(path), n) for n in (3, 4, 5, 6, 7, 8, 10, 11)]
     messages = [issue.message for issue in found.issues]
     assert messages == [
@@ -95,7 +99,7 @@ def test_one_line_file_with_a_bom_and_an_empty_object(tmp_path):
     text = json.dumps({"x": {"messages": [[msg("Hi")], [msg("Hey", "b")]]}, "y": {"messages": []}})
     path.write_bytes(b"\xef\xbb\xbf" + text.encode())
     found = read_ccc(path)
-    assert [(d.turns, d.source) for d in found.dialogues] == [(("Hi", "Hey"), f"{path}:1")]
+    assert [(d.turns, d.source) for d in found.dialogues] == [(("Hi", "Hey"), f"{path}:1: conversation x")]
     assert [str(issue) for issue in found.issues] == [
         f"{path}:1: conversation y: no messages; a dialogue needs 2 turns"
     ]

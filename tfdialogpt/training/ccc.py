@@ -143,7 +143,7 @@ def read_ccc(path: str | os.PathLike, strict: bool = False) -> DialogueFile:
             except ValueError as err:
                 issues.append(DataIssue(path, line, f"conversation {key}: {err}"))
                 continue
-            dialogues.append(Dialogue.from_turns(turns, None, f"{path}:{line}"))
+            dialogues.append(Dialogue.from_turns(turns, None, f"{path}:{line}: conversation {key}"))  # one-line files
     except json.JSONDecodeError as err:
         issue = DataIssue(path, err.lineno, f"invalid JSON: {err.msg} at column {err.colno}; {_SHAPE}")
         raise DataError(f"cannot read {path}: {issue}", [issue]) from None
