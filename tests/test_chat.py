@@ -91,12 +91,10 @@ def test_batch_replies_use_one_generate_call(tokenizer):
 # ---- MMI ---------------------------------------------------------------------------------------
 
 
-def train_reverse_model(tokenizer, pairs, steps=150):
-    """A tiny reverse model taught log P(source | reply): reply<eos>source<eos> sequences."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    config = DialoGPTConfig(
+def one_layer_config(tokenizer) -> DialoGPTConfig:
+    """One layer, 32 wide, 32 positions, no dropout, on `tokenizer`'s vocabulary."""
+    eos = tokenizer.eos_token_id
+    return DialoGPTConfig(
         vocab_size=tokenizer.vocab_size,
         max_positions=32,
         hidden_size=32,
@@ -105,10 +103,17 @@ def train_reverse_model(tokenizer, pairs, steps=150):
         embedding_dropout=0,
         attention_dropout=0,
         residual_dropout=0,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=eos,
+        bos_token_id=eos,
     )
-    model = DialoGPT(config)
+
+
+def train_reverse_model(tokenizer, pairs, steps=150):
+    """A tiny reverse model taught log P(source | reply): reply<eos>source<eos> sequences."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = DialoGPT(one_layer_config(tokenizer))
     eos = tokenizer.eos_token_id
     rows = [tokenizer.encode(reply) + [eos] + tokenizer.encode(source) + [eos] for reply, source in pairs]
     width = max(map(len, rows))
@@ -189,19 +194,10 @@ def test_evaluate_with_mmi_scores_the_replies_the_reverse_model_picks(tokenizer)
 
     pairs = [("My name is Bot.", "What is your name?"), ("Yes, I love jazz.", "Do you like music?")]
     reverse = train_reverse_model(tokenizer, pairs, steps=60)
-    config = DialoGPTConfig(
-        vocab_size=tokenizer.vocab_size,
-        max_positions=32,
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-    )
     import keras
 
     keras.utils.set_random_seed(3)
-    forward = DialoGPT(config)
+    forward = DialoGPT(one_layer_config(tokenizer))
     dialogues = [["Hello", "Hi there", "How are you?", "I am fine, thank you."], ["Do you like music?", "Yes"]]
     new, candidates, seed = 6, 3, 12
     results = evaluate(
