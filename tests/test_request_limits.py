@@ -56,8 +56,9 @@ def test_check_cache_refuses_more_than_the_limit():
     RequestLimits(max_cache_mb=0.001).check_cache(1, 96, LIMITS)
     with pytest.raises(InvalidRequestError, match="98 tokens"):
         RequestLimits(max_cache_mb=0.001).check_cache(2, 49, LIMITS)
-    with pytest.raises(ValueError):
-        RequestLimits(max_cache_mb=0)
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive and finite"):
+            RequestLimits(max_cache_mb=bad)
 
 
 @pytest.mark.parametrize(

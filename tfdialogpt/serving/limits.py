@@ -50,8 +50,8 @@ class RequestLimits:
     max_cache_mb: float = 128.0
 
     def __post_init__(self):
-        if self.max_rows < 1 or self.max_values < 1 or not self.max_cache_mb > 0:
-            raise ValueError(f"request limits must be positive, got {self}")
+        if self.max_rows < 1 or self.max_values < 1 or not 0 < self.max_cache_mb < math.inf:  # NaN fails too
+            raise ValueError(f"request limits must be positive and finite, got {self}")
 
     def check_shape(self, name: str, shape: Sequence[int]) -> None:
         """Raises `InvalidRequestError` if a tensor of `shape` is more than one request may send."""
