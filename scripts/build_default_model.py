@@ -218,15 +218,16 @@ def most_repeated(replies: dict) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--corpus", choices=["ccc", "chatterbot", "both"], default="ccc")
+    parser.add_argument("--corpus", choices=["ccc", "chatterbot", "both"], default="both")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--max-seq-len", type=int, default=128)
-    parser.add_argument("--dropout", type=float, default=0.1, help="embedding, attention and residual dropout")
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--dropout", type=float, default=0.0, help="embedding, attention and residual dropout")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--reverse-epochs", type=int, default=1, help="the reverse model's epochs")
     parser.add_argument("--patience", type=int, default=None, help="early stopping on validation loss (off)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -319,7 +320,9 @@ def main(argv=None) -> int:
                 if old_file.is_file():
                     old_file.unlink()
             model = DialoGPT(config)
-            trained = train_and_write(model, tokenizer, train, valid, Path(tmp) / "forward", args.output, args)
+            trained = train_and_write(
+                model, tokenizer, train, valid, Path(tmp) / "forward", args.output, args, args.epochs
+            )
     decoding = GenerationConfig(
         repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size
     )
@@ -383,8 +386,8 @@ def package_bytes(output: Path) -> int:
     return sum(f.stat().st_size for f in [*output.iterdir(), *(output / "reverse").glob("*")] if f.is_file())
 
 
-def train_and_write(model, tokenizer, train, valid, work: Path, output: Path, args) -> dict:
-    """Trains `model` with `finetune` in `work`, writes it and its tokenizer to `output`."""
+def train_and_write(model, tokenizer, train, valid, work: Path, output: Path, args, epochs: int) -> dict:
+    """Trains `model` with `finetune` for `epochs` in `work`, writes it and its tokenizer to `output`."""
     from tfdialogpt.training import finetune
 
     trained_at = time.time()
@@ -395,7 +398,7 @@ def train_and_write(model, tokenizer, train, valid, work: Path, output: Path, ar
         output_dir=work,
         tokenizer=tokenizer,
         seed=args.seed,
-        epochs=args.epochs,
+        epochs=epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
@@ -430,7 +433,14 @@ def build_reverse(model, tokenizer, config, train, valid, ccc_valid, replies_sam
             shutil.rmtree(out)
         with tempfile.TemporaryDirectory() as tmp:
             trained = train_and_write(
-                DialoGPT(config), tokenizer, reversed_windows(train), reversed_windows(valid), Path(tmp), out, args
+                DialoGPT(config),
+                tokenizer,
+                reversed_windows(train),
+                reversed_windows(valid),
+                Path(tmp),
+                out,
+                args,
+                args.reverse_epochs,
             )
     reverse = DialoGPT.from_pretrained(out)
     held_out = evaluate(reverse, reversed_windows(ccc_valid), tokenizer=tokenizer, max_seq_len=args.max_seq_len,

@@ -263,7 +263,8 @@ class Client:
             config: a `GenerationConfig` (default: its defaults), with `settings` on top
                 (`max_new_tokens` up to the export's cap, `do_sample`, `top_p`, `seed`, ...).
                 Settings that shape a compiled graph (`num_beams`, `no_repeat_ngram_size`,
-                ...) are served only at their defaults: use a local DialoGPT for them.
+                ...) are served only as exported (the model's generation_config's
+                `no_repeat_ngram_size`, no beams): use a local DialoGPT for others.
             signature: overrides the client's generate signature for this call.
             timeout: seconds for this call.
 

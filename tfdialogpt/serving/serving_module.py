@@ -57,7 +57,7 @@ def _named(fn: Callable, names: Sequence[str], defaults: dict[str, tf.Tensor] | 
 def _default_generate_builder(model, max_new_tokens_cap: int, jit_compile: bool):
     """The decoding loop of `tfdialogpt.generation` (the function `model.generate` compiles),
     with one value per row for every setting; run-time settings the contract does not serve
-    keep `GenerationConfig`'s defaults.
+    keep `GenerationConfig`'s defaults; the model's `no_repeat_ngram_size` is built in.
 
     Under XLA a one-row request runs a function traced for one row, as in-process
     `model.generate` does: the model then takes its one-row matmul path (`layers.Conv1D`),
@@ -65,9 +65,17 @@ def _default_generate_builder(model, max_new_tokens_cap: int, jit_compile: bool)
     """
     from tfdialogpt.generation.engine import GENERATE_INPUTS, make_generate_fn
 
+    # The model's own n-gram ban is static (it shapes the graph), so the export bakes it in.
+    ngram = model.generation_config.no_repeat_ngram_size
+
     def build(batch_size):
         return make_generate_fn(
-            model, max_new_tokens=max_new_tokens_cap, jit_compile=jit_compile, per_row=True, batch_size=batch_size
+            model,
+            max_new_tokens=max_new_tokens_cap,
+            no_repeat_ngram_size=ngram,
+            jit_compile=jit_compile,
+            per_row=True,
+            batch_size=batch_size,
         )
 
     any_rows = build(None)
