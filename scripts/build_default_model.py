@@ -81,6 +81,7 @@ OPENERS = [
 ]
 MAX_BYTES = 20 * 1024 * 1024
 REPLY_MAX_WORDS = 40  # longest newest-context turn and reference in the reply sample
+CHECK_WINDOWS = 256  # the first held-out CCC windows, scored again by tests/test_default_model.py
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 KEPT_FILES = ("config.json", "tf_model.h5", *TOKENIZER_FILES)
 
@@ -278,6 +279,7 @@ def main(argv=None) -> int:
     from tfdialogpt.chat import changed_settings
     from tfdialogpt.generation_config import GenerationConfig
     from tfdialogpt.tokenizer import Tokenizer
+    from tfdialogpt.training import evaluate
     from tfdialogpt.training.bpe import train_byte_level_bpe
 
     started = time.time()
@@ -342,6 +344,7 @@ def main(argv=None) -> int:
     model = DialoGPT.from_pretrained(args.output)  # scored as it is stored
     tokenizer = Tokenizer.from_pretrained(args.output)
     new = score(model, tokenizer, ccc_valid, replies_sample, args.max_seq_len)
+    check = ccc_valid[:CHECK_WINDOWS]
     report = {
         "source": " + ".join(CORPORA[c] for c in CORPORA if args.corpus in (c, "both")),
         "command": "python scripts/build_default_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -361,6 +364,12 @@ def main(argv=None) -> int:
         "generation_config": changed_settings(decoding),
         **trained,
         "valid": new["metrics"],
+        "check": {
+            "windows": f"the first {len(check)} of the scored held-out CCC windows",
+            "perplexity": evaluate(model, check, tokenizer=tokenizer, max_seq_len=args.max_seq_len, generate=False)[
+                "perplexity"
+            ],
+        },
         "greedy_replies": new["greedy_replies"],
         "most_repeated_reply": most_repeated(new["greedy_replies"]),
     }
@@ -440,6 +449,7 @@ def build_reverse(model, tokenizer, config, train, valid, ccc_valid, replies_sam
     """Trains and writes the reverse model to `<output>/reverse/` (with its own report), and
     returns the forward model's MMI metrics and opener replies against it."""
     from tfdialogpt import DialoGPT
+    from tfdialogpt.generation_config import GenerationConfig
     from tfdialogpt.training import evaluate
 
     out = args.output / "reverse"
@@ -450,7 +460,11 @@ def build_reverse(model, tokenizer, config, train, valid, ccc_valid, replies_sam
         if out.exists():
             shutil.rmtree(out)
         with tempfile.TemporaryDirectory() as tmp:
-            start = DialoGPT.from_pretrained(args.output) if args.reverse_from == "forward" else DialoGPT(config)
+            if args.reverse_from == "forward":
+                start = DialoGPT.from_pretrained(args.output)
+                start.generation_config = GenerationConfig()  # the forward model's decoding is not the reverse's
+            else:
+                start = DialoGPT(config)
             trained = train_and_write(
                 start,
                 tokenizer,
@@ -464,6 +478,8 @@ def build_reverse(model, tokenizer, config, train, valid, ccc_valid, replies_sam
     reverse = DialoGPT.from_pretrained(out)
     held_out = evaluate(reverse, reversed_windows(ccc_valid), tokenizer=tokenizer, max_seq_len=args.max_seq_len,
                         generate=False)  # fmt: skip
+    check = evaluate(reverse, reversed_windows(ccc_valid[:CHECK_WINDOWS]), tokenizer=tokenizer,
+                     max_seq_len=args.max_seq_len, generate=False)  # fmt: skip
     report = {
         "what": "the reverse (backward) model for MMI: log P(source turns, newest first | reply), trained on the "
         "forward build's training windows reversed; the reply's turn is not a target",
@@ -472,6 +488,10 @@ def build_reverse(model, tokenizer, config, train, valid, ccc_valid, replies_sam
         "weights_dtype": args.weights_dtype,
         **trained,
         "valid_reversed_ccc": {k: held_out[k] for k in ("loss", "perplexity", "tokens")},
+        "check": {
+            "windows": f"the first {CHECK_WINDOWS} of the forward build's scored held-out CCC windows, reversed",
+            "perplexity": check["perplexity"],
+        },
     }
     (out / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
     metrics, replies = reply_scores(model, tokenizer, replies_sample, args.max_seq_len, mmi=reverse)
