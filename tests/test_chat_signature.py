@@ -94,7 +94,8 @@ FRESH = textwrap.dedent("""
     from tensorflow.python.framework import op_def_registry
     from tensorflow.core.protobuf import saved_model_pb2
 
-    path, turns, new, penalty = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    path, turns, new = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    penalty, ngram = float(sys.argv[4]), int(sys.argv[5])
     saved = saved_model_pb2.SavedModel()
     saved.ParseFromString(open(path + "/saved_model.pb", "rb").read())
     graph = saved.meta_graphs[0].graph_def
@@ -106,7 +107,7 @@ FRESH = textwrap.dedent("""
     loaded = tf.saved_model.load(path)
     settings = dict(max_new_tokens=tf.constant([new]), temperature=tf.constant([1.0]), top_k=tf.constant([0]),
                     top_p=tf.constant([1.0]), repetition_penalty=tf.constant([penalty]), seed=tf.constant([0]),
-                    do_sample=tf.constant([False]))  # [1]: one value for every row
+                    do_sample=tf.constant([False]), no_repeat_ngram_size=tf.constant([ngram]))  # [1]: for every row
     result = {"core": core, "text": text, "unknown": sorted(ops - set(core) - set(text))}
     for name in [n for n in ("chat", "chat_xla", "serving_default") if n in loaded.signatures]:
         given = settings if name != "serving_default" else {}  # turns only: the export's defaults
@@ -118,10 +119,13 @@ FRESH = textwrap.dedent("""
 
 
 def test_fresh_tensorflow_process_replies_as_chat(case, tmp_path):
-    # The model's own repetition penalty (the default's generation_config has 1.3), as `Chat` uses it.
+    # The model's own repetition penalty and n-gram ban (the default's generation_config: 1.3 and 3), as
+    # `Chat` uses them.
     penalty = case.model.generation_config.repetition_penalty
+    ngram = case.model.generation_config.no_repeat_ngram_size
+    histories = json.dumps(as_turns(case.histories))
     proc = subprocess.run(
-        [sys.executable, "-c", FRESH, case.path, json.dumps(as_turns(case.histories)), str(NEW), str(penalty)],
+        [sys.executable, "-c", FRESH, case.path, histories, str(NEW), str(penalty), str(ngram)],
         capture_output=True,
         text=True,
         timeout=600,

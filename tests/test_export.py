@@ -146,7 +146,7 @@ FRESH_PROCESS = textwrap.dedent("""
     params = dict(max_new_tokens=np.full(rows, new, np.int32), temperature=np.ones(rows, np.float32),
                   top_k=np.zeros(rows, np.int32), top_p=np.ones(rows, np.float32),
                   repetition_penalty=np.ones(rows, np.float32), seed=np.zeros(rows, np.int32),
-                  do_sample=np.zeros(rows, np.bool_))
+                  do_sample=np.zeros(rows, np.bool_), no_repeat_ngram_size=np.zeros(rows, np.int32))
     result = {"tfdialogpt_imported": any(m.startswith("tfdialogpt") for m in sys.modules)}
     for name in ("generate", "generate_xla"):
         out = loaded.signatures[name](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **params)
@@ -197,6 +197,22 @@ def test_fresh_tensorflow_only_process_matches_model_generate(model, exported, t
     expected = score_tensors(model, ids, np.ones_like(ids), target).numpy()
     np.testing.assert_allclose(result["score"], expected, rtol=1e-5, atol=1e-4)
     assert "top_p must be in (0, 1]" in result["bad_top_p"]
+
+
+@pytest.mark.parametrize("name", ["generate", "generate_xla"])
+def test_each_row_bans_repeated_ngrams_of_its_own_size(model, exported, name):
+    """`no_repeat_ngram_size` is served one value per row: the rows of one request, asking for
+    sizes 0 (off) to 4, each get in-process `model.generate`'s tokens for their size."""
+    signature = tf.saved_model.load(exported.path).signatures[name]
+    prompt, sizes = [5, 9, 33, 71, EOS], [0, 1, 2, 3, 4]
+    ids, mask = left_pad([prompt] * len(sizes), 16)
+    settings = contract.setting_inputs({"max_new_tokens": CAP, "no_repeat_ngram_size": sizes}, len(sizes))
+    out = signature(input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **settings)
+    expected = [model.generate(np.array([prompt], np.int32), max_new_tokens=CAP, no_repeat_ngram_size=n) for n in sizes]
+    for row, (n, alone) in enumerate(zip(sizes, expected, strict=True)):
+        np.testing.assert_array_equal(out["sequences"][row], alone.sequences[0], err_msg=f"size {n}")
+        assert int(out["lengths"][row]) == int(alone.lengths[0])
+    assert len({tuple(row) for row in out["sequences"].numpy().tolist()}) > 2, "the sizes change the tokens"
 
 
 def test_warmup_requests_skip_buckets_that_do_not_fit():

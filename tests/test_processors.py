@@ -53,6 +53,48 @@ def test_no_repeat_ngram_of_one_bans_every_seen_token():
     assert np.flatnonzero(banned[0]).tolist() == [0, 3, 5]
 
 
+def _banned_by_hf_rule(tokens: list[int], n: int) -> set[int]:
+    """HF's `NoRepeatNGramLogitsProcessor` on one row's real tokens, written out: every n-gram of
+    the row, keyed by its first n - 1 tokens; the row's last n - 1 tokens look up the banned."""
+    if n == 0 or len(tokens) + 1 < n:
+        return set()
+    seen: dict[tuple, set] = {}
+    for i in range(len(tokens) - n + 1):
+        seen.setdefault(tuple(tokens[i : i + n - 1]), set()).add(tokens[i + n - 1])
+    return seen.get(tuple(tokens[len(tokens) - n + 1 :]), set())
+
+
+def test_no_repeat_ngram_per_row_gives_each_row_its_own_size():
+    # The same history in four rows, sizes 0 (off), 1 (every seen token), 2 and 3.
+    history = tf.constant([[5, 1, 2, 5, 1, 0, 0]] * 4)
+    mask = tf.constant([[1, 1, 1, 1, 1, 0, 0]] * 4)
+    banned = processors.no_repeat_ngram_mask_per_row(history, mask, tf.constant([0, 1, 2, 3]), 4, 8).numpy()
+    assert [np.flatnonzero(row).tolist() for row in banned] == [[], [1, 2, 5], [2], [2]]
+    scores = processors.no_repeat_ngram(tf.zeros([4, 8]), history, mask, tf.constant([0, 1, 2, 3]), max_size=4)
+    assert np.isneginf(scores.numpy()).sum(axis=1).tolist() == [0, 3, 1, 1]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_no_repeat_ngram_per_row_follows_hf_rule_on_random_histories(jit_compile):
+    rng = np.random.default_rng(0)
+    B, S, V, max_size = 24, 14, 4, 5  # a small vocabulary, so n-grams repeat often
+    ids = rng.integers(0, V, size=(B, S))
+    real = np.zeros((B, S), np.int32)
+    for b in range(B):  # left padding of 0 to S - 1 columns; real tokens end at the last column
+        real[b, rng.integers(0, S) :] = 1
+    sizes = rng.integers(0, max_size + 1, size=B)
+    mask_fn = tf.function(
+        lambda i, m, n: processors.no_repeat_ngram_mask_per_row(i, m, n, max_size, V), jit_compile=jit_compile
+    )
+    banned = mask_fn(tf.constant(ids, tf.int32), tf.constant(real), tf.constant(sizes, tf.int32)).numpy()
+    for b in range(B):
+        tokens = ids[b][real[b] == 1].tolist()
+        assert set(np.flatnonzero(banned[b]).tolist()) == _banned_by_hf_rule(tokens, int(sizes[b])), (tokens, sizes[b])
+        if sizes[b]:  # and the one-size mask agrees row by row
+            alone = processors.no_repeat_ngram_mask(ids[b : b + 1], real[b : b + 1], int(sizes[b]), V).numpy()
+            np.testing.assert_array_equal(alone[0], banned[b])
+
+
 def test_min_new_tokens_blocks_eos_only_before_the_minimum():
     scores = tf.zeros([2, 4])
     blocked = processors.min_new_tokens(scores, 1, 2, eos_token_id=3).numpy()

@@ -187,6 +187,7 @@ def test_chat_over_rest_equals_in_process_chat(server, serving_models, serving_t
     settings = dict(
         max_new_tokens=5, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0, do_sample=False
     )
+    settings["no_repeat_ngram_size"] = 0
     columns = {key: [value] for key, value in settings.items()}
     status, chat = http(
         server, "POST", PREDICT, {"signature_name": "chat", "inputs": {"turns": [["Hello"]], **columns}}
@@ -206,7 +207,7 @@ def test_chat_over_rest_equals_in_process_chat(server, serving_models, serving_t
 def test_generate_over_rest_equals_in_process_generate(server, serving_models):
     rows = [[5, 9, 33, 71, EOS], [42, EOS, 7, 8, 200]]
     settings = dict(max_new_tokens=[6], temperature=[1.0], top_k=[0], top_p=[1.0], repetition_penalty=[1.0], seed=[0])
-    settings |= {"do_sample": [False]}  # [1]: one value for both rows
+    settings |= {"do_sample": [False], "no_repeat_ngram_size": [0]}  # [1]: one value for both rows
     body = {"signature_name": "generate", "inputs": {"input_ids": rows, "attention_mask": [[1] * 5] * 2, **settings}}
     status, answer = http(server, "POST", PREDICT, body)
     sequences, lengths = greedy_reference(serving_models[0], rows, 6)

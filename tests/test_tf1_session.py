@@ -12,7 +12,8 @@ from serving_utils import greedy_reference, left_pad
 from tfdialogpt.serving import signatures as contract
 
 PROMPTS = [[5, 9, 33, 71, 256], [120, 256, 7, 8, 200, 14, 3, 256], [42, 256]]
-GREEDY = dict(max_new_tokens=10, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0, do_sample=False)
+GREEDY = dict(max_new_tokens=10, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0)
+GREEDY |= {"do_sample": False, "no_repeat_ngram_size": 0}
 
 
 def run_in_session(path, name, feeds):

@@ -59,7 +59,8 @@ class Setting:
 
     `static`: the setting shapes the compiled graph (one graph per value); the others are
     run-time inputs of the compiled function, so one graph serves every value. `served`: an
-    input of the exported generate signatures.
+    input of the exported generate signatures (a static one is served up to a bound that the
+    export builds into its graph: `tfdialogpt.serving.signatures.Limits`).
     """
 
     name: str
@@ -170,7 +171,9 @@ class GenerationConfig:
     do_sample: bool = _field(False, "sample instead of decoding greedily", bool, served=True)
     length_penalty: float = _field(1.0, "beam search: score / length ** length_penalty", float)
     num_beams: int = _field(1, "beam search width; 1 is no beam search", int, low=1, static=True)
-    no_repeat_ngram_size: int = _field(0, "forbid repeating n-grams of this size; 0 is off", int, low=0, static=True)
+    no_repeat_ngram_size: int = _field(
+        0, "forbid repeating n-grams of this size; 0 is off", int, low=0, served=True, static=True
+    )
     eos_token_id: int | None = _field(None, "ends a row; None is the model's", int, low=0, optional=True, static=True)
     pad_token_id: int | None = _field(
         None,

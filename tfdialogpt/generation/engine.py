@@ -96,6 +96,7 @@ def make_generate_fn(
     max_new_tokens: int,
     num_beams: int = 1,
     no_repeat_ngram_size: int = 0,
+    max_no_repeat_ngram_size: int = 0,
     do_sample: bool | None = None,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
@@ -125,7 +126,10 @@ def make_generate_fn(
     `per_row=True` takes every run-time setting as a [B] tensor, one value per row (what the
     served signatures take, so requests with different settings share a run): each row is
     then decoded as if alone, with its own seed stream, `max_new_tokens` and greedy or sampled
-    choice. Beam search (`num_beams` > 1) takes scalars only.
+    choice. Beam search (`num_beams` > 1) takes scalars only. With `max_no_repeat_ngram_size`
+    > 0 (and `per_row`), the n-gram size is a run-time input too, `no_repeat_ngram_size` [B]
+    after the others, each at most that static bound, instead of the static
+    `no_repeat_ngram_size`.
 
     `prefill_chunk_size`: the prompt's forward pass runs this many positions per loop step
     (`tfdialogpt.generation.prefill`: a stopped run ends between chunks, activations are
@@ -143,20 +147,23 @@ def make_generate_fn(
     N, K = int(max_new_tokens), int(num_beams)
     ngram = int(no_repeat_ngram_size)
     search = None if do_sample is None else bool(do_sample)  # the inner `do_sample` is the input
+    ngram_bound = int(max_no_repeat_ngram_size)
     if per_row and K > 1:
         raise ValueError("beam search takes scalar settings (per_row=False)")
+    if ngram_bound and (not per_row or ngram):
+        raise ValueError("max_no_repeat_ngram_size needs per_row=True and no static no_repeat_ngram_size")
+    inputs = GENERATE_INPUTS + ((("no_repeat_ngram_size", tf.int32),) if ngram_bound else ())
     shape = [batch_size, prompt_length]
     setting_shape = [batch_size] if per_row else []
     signature = [
-        tf.TensorSpec(shape if i < 2 else setting_shape, dtype, name=name)
-        for i, (name, dtype) in enumerate(GENERATE_INPUTS)
+        tf.TensorSpec(shape if i < 2 else setting_shape, dtype, name=name) for i, (name, dtype) in enumerate(inputs)
     ]
-    names = tuple(name for name, _ in GENERATE_INPUTS)
+    names = tuple(name for name, _ in inputs)
 
     def generate(*inputs):
         values = dict(zip(names, inputs, strict=True))
         input_ids, attention_mask = values["input_ids"], values["attention_mask"]
-        params = SamplingParams(**{f: values[f] for f in SamplingParams.__dataclass_fields__})
+        params = SamplingParams(**{f: values[f] for f in SamplingParams.__dataclass_fields__ if f in values})
         T = tf.shape(input_ids)[1]
         ids, mask = input_ids, attention_mask
         if K > 1:  # every beam starts from the prompt: rows b*K .. b*K+K-1 are row b
@@ -183,7 +190,15 @@ def make_generate_fn(
             )
         else:
             sequences, lengths = decode(
-                next_fn, first_logits, cache, input_ids, attention_mask, params, do_sample=search, **common
+                next_fn,
+                first_logits,
+                cache,
+                input_ids,
+                attention_mask,
+                params,
+                do_sample=search,
+                max_no_repeat_ngram_size=ngram_bound,
+                **common,
             )
         return {"sequences": sequences, "lengths": lengths}
 

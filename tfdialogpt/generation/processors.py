@@ -102,11 +102,56 @@ def no_repeat_ngram_mask(token_ids, token_mask, ngram_size: int, vocab_size: int
     return _presence(banned_ids, tf.cast(match, tf.int32), vocab_size)
 
 
-def no_repeat_ngram(scores, token_ids, token_mask, ngram_size: int):
-    """Sets to -inf every token that would repeat an n-gram (see `no_repeat_ngram_mask`)."""
-    if not ngram_size:
+def no_repeat_ngram_mask_per_row(token_ids, token_mask, ngram_sizes, max_size: int, vocab_size: int) -> tf.Tensor:
+    """`no_repeat_ngram_mask` with a size per row: [B, V] bool, row b banning the tokens that
+    would complete an n-gram of its own size `ngram_sizes[b]` (0: nothing banned).
+
+    Row b's ban equals `no_repeat_ngram_mask(..., ngram_sizes[b], ...)` on that row. The sizes are
+    a run-time input (what the served signatures take, so requests with different sizes share a
+    run); `max_size` bounds them and shapes the graph: [B, S, max_size - 1] comparisons a step.
+
+    Args:
+        token_ids: [B, S] int history; token_mask: [B, S], 1 for real tokens, which end at the
+            same column in every row (the current decode position).
+        ngram_sizes: int [B] (or a scalar), each in [0, max_size].
+        max_size: a Python int >= 1.
+    """
+    token_ids = tf.cast(token_ids, tf.int32)
+    real = tf.cast(token_mask, tf.bool)
+    n = tf.reshape(tf.cast(ngram_sizes, tf.int32), [-1, 1, 1])  # [B, 1, 1] or [1, 1, 1]
+    S = tf.shape(token_ids)[1]
+    end = tf.reduce_max(tf.where(real, tf.range(S)[None, :] + 1, 0))  # one past the last real column
+    # The token at column j is banned when, for every k = 1 .. n - 1, the k-th tokens before j
+    # and before `end` are real and equal (the last n - 1 tokens occurred just before j).
+    ks = tf.range(1, int(max_size))  # [K]
+    before = tf.range(S)[:, None] - ks[None, :]  # [S, K]: column j - k
+    suffix_cols = end - ks  # [K]: column end - k
+
+    def at(columns):  # ids and realness at `columns` (a column < 0 is not real)
+        safe = tf.maximum(columns, 0)
+        return tf.gather(token_ids, safe, axis=1), tf.logical_and(tf.gather(real, safe, axis=1), columns >= 0)
+
+    (earlier, earlier_real), (suffix, suffix_real) = at(before), at(suffix_cols)  # [B, S, K], [B, K]
+    same = tf.logical_and(tf.logical_and(earlier_real, suffix_real[:, None, :]), tf.equal(earlier, suffix[:, None, :]))
+    needed = ks[None, None, :] < n  # k < n: the k-th token before is part of the row's n-gram
+    match = tf.logical_and(real, tf.reshape(n, [-1, 1]) >= 1)
+    match = tf.logical_and(match, tf.reduce_all(tf.logical_or(same, tf.logical_not(needed)), axis=-1))
+    return _presence(token_ids, tf.cast(match, tf.int32), vocab_size)
+
+
+def no_repeat_ngram(scores, token_ids, token_mask, ngram_size, max_size: int = 0):
+    """Sets to -inf every token that would repeat an n-gram.
+
+    `ngram_size`: a Python int, one size for every row, that shapes the graph (0: a no-op; see
+    `no_repeat_ngram_mask`); or, with `max_size` > 0, a tensor, one size per row [B] in
+    [0, max_size] (see `no_repeat_ngram_mask_per_row`).
+    """
+    if max_size:
+        banned = no_repeat_ngram_mask_per_row(token_ids, token_mask, ngram_size, max_size, scores.shape[-1])
+    elif not ngram_size:
         return scores
-    banned = no_repeat_ngram_mask(token_ids, token_mask, ngram_size, scores.shape[-1])
+    else:
+        banned = no_repeat_ngram_mask(token_ids, token_mask, ngram_size, scores.shape[-1])
     return tf.where(banned, tf.constant(NEG_INF, scores.dtype), scores)
 
 

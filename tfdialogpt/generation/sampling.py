@@ -46,6 +46,9 @@ class SamplingParams:
     repetition_penalty: tf.Tensor | float = _default("repetition_penalty")
     min_new_tokens: tf.Tensor | int = _default("min_new_tokens")
     seed: tf.Tensor | int = _default("seed")
+    # One n-gram size per row, read only by a decode built with `max_no_repeat_ngram_size` > 0;
+    # otherwise the decode's static `no_repeat_ngram_size` applies to every row.
+    no_repeat_ngram_size: tf.Tensor | int = _default("no_repeat_ngram_size")
 
 
 def first_argmax(scores: tf.Tensor) -> tf.Tensor:
@@ -77,16 +80,31 @@ def gumbel_sample(scores: tf.Tensor, seed: tf.Tensor, step: tf.Tensor) -> tf.Ten
 
 
 def process_scores(
-    scores, history, history_mask, step, params: SamplingParams, *, eos_token_id: int, no_repeat_ngram_size: int = 0
+    scores,
+    history,
+    history_mask,
+    step,
+    params: SamplingParams,
+    *,
+    eos_token_id: int,
+    no_repeat_ngram_size: int = 0,
+    max_no_repeat_ngram_size: int = 0,
 ):
     """The processors every search applies (HF order): repetition penalty, no-repeat-ngram,
-    min-new-tokens. `history` [B, S] holds the prompt and the tokens so far (mask 1).
+    min-new-tokens. `history` [B, S] holds the prompt and the tokens so far (mask 1). The
+    n-gram size is the static `no_repeat_ngram_size`, or with `max_no_repeat_ngram_size` > 0
+    each row's `params.no_repeat_ngram_size` (at most that bound).
 
     Branch-free on purpose: a `tf.cond` inside the XLA decode loop doubled the step time on
     CPU (measured), while these few [B, V] element-wise ops cost little.
     """
     scores = processors.repetition_penalty(scores, history, history_mask, params.repetition_penalty)
-    scores = processors.no_repeat_ngram(scores, history, history_mask, no_repeat_ngram_size)
+    if max_no_repeat_ngram_size:
+        scores = processors.no_repeat_ngram(
+            scores, history, history_mask, params.no_repeat_ngram_size, max_size=max_no_repeat_ngram_size
+        )
+    else:
+        scores = processors.no_repeat_ngram(scores, history, history_mask, no_repeat_ngram_size)
     return processors.min_new_tokens(scores, step, params.min_new_tokens, eos_token_id)
 
 
@@ -122,6 +140,7 @@ def decode(
     eos_token_id: int,
     pad_token_id: int,
     no_repeat_ngram_size: int = 0,
+    max_no_repeat_ngram_size: int = 0,
     do_sample: bool | None = None,
 ):
     """Greedy or sampled decoding as one `tf.while_loop`.
@@ -136,6 +155,8 @@ def decode(
         max_new_tokens: N, the static width of the output buffer.
         eos_token_id / pad_token_id: a row ends when it emits EOS; later positions hold pad.
         no_repeat_ngram_size: static (it shapes the graph); 0 = off.
+        max_no_repeat_ngram_size: > 0: each row bans n-grams of its own size
+            `params.no_repeat_ngram_size` [B], at most this (static) bound, instead.
         do_sample: True / False fixes the search when the graph is built; None (default)
             follows `params.do_sample` at run time (both loops are compiled, one runs: the
             sampling loop when any row samples, and it decodes its greedy rows by argmax).
@@ -167,6 +188,7 @@ def decode(
                 eos_token_id=eos_token_id,
                 pad_token_id=pad_token_id,
                 no_repeat_ngram_size=no_repeat_ngram_size,
+                max_no_repeat_ngram_size=max_no_repeat_ngram_size,
                 do_sample=sample,
             )
 
@@ -191,6 +213,7 @@ def decode(
             params,
             eos_token_id=eos_token_id,
             no_repeat_ngram_size=no_repeat_ngram_size,
+            max_no_repeat_ngram_size=max_no_repeat_ngram_size,
         )
         tokens = choose_tokens(scores, step, params, do_sample)
         finished = tf.logical_or(finished, step >= row_limit)  # a row at its own max_new_tokens

@@ -261,10 +261,9 @@ class Client:
                 already left-padded, with `attention_mask`.
             attention_mask: [B, T] for an array `input_ids`.
             config: a `GenerationConfig` (default: its defaults), with `settings` on top
-                (`max_new_tokens` up to the export's cap, `do_sample`, `top_p`, `seed`, ...).
-                Settings that shape a compiled graph (`num_beams`, `no_repeat_ngram_size`,
-                ...) are served only as exported (the model's generation_config's
-                `no_repeat_ngram_size`, no beams): use a local DialoGPT for others.
+                (`max_new_tokens` up to the export's cap, `do_sample`, `top_p`, `seed`,
+                `no_repeat_ngram_size` up to the export's bound, ...). Beam search and
+                `min_new_tokens` are not served: use a local DialoGPT for them.
             signature: overrides the client's generate signature for this call.
             timeout: seconds for this call.
 

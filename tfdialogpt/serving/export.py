@@ -148,6 +148,10 @@ def export(
         cache_bytes_per_position=2 * config.num_layers * config.hidden_size * tf.as_dtype(model.compute_dtype).size,
         max_new_tokens_cap=max_new_tokens_cap,
         warmup_prompt_lengths=tuple(n for n in warmup_prompt_lengths if n + max_new_tokens_cap <= config.max_positions),
+        # Room for the model's own n-gram ban (its generation_config) if it is larger.
+        max_no_repeat_ngram_size=max(
+            contract.DEFAULT_MAX_NO_REPEAT_NGRAM_SIZE, model.generation_config.no_repeat_ngram_size or 0
+        ),
     )
     base_path = os.fspath(base_path)
     final = os.path.join(base_path, str(version))

@@ -28,8 +28,8 @@ from tfdialogpt.generation_config import SETTINGS
 from tfdialogpt.padding import NEW_TOKEN_BUCKETS, PROMPT_BUCKETS
 from tfdialogpt.serving import signatures as contract
 
-# make_generate(model, max_new_tokens_cap, jit_compile) -> fn(input_ids, attention_mask,
-# **served settings) -> (sequences [B, <=cap], lengths [B]), all arguments tensors.
+# make_generate(model, limits, jit_compile) -> fn(input_ids, attention_mask, **served settings)
+# -> (sequences [B, <=limits.max_new_tokens_cap], lengths [B]), all arguments tensors.
 GenerateBuilder = Callable[..., Callable[..., tuple[tf.Tensor, tf.Tensor]]]
 
 
@@ -54,10 +54,11 @@ def _named(fn: Callable, names: Sequence[str], defaults: dict[str, tf.Tensor] | 
     return fn
 
 
-def _default_generate_builder(model, max_new_tokens_cap: int, jit_compile: bool):
+def _default_generate_builder(model, limits: contract.Limits, jit_compile: bool):
     """The decoding loop of `tfdialogpt.generation` (the function `model.generate` compiles),
-    with one value per row for every setting; run-time settings the contract does not serve
-    keep `GenerationConfig`'s defaults; the model's `no_repeat_ngram_size` is built in.
+    with one value per row for every setting (the n-gram ban's size too, up to the export's
+    `max_no_repeat_ngram_size`); run-time settings the contract does not serve keep
+    `GenerationConfig`'s defaults.
 
     Under XLA a one-row request runs a function traced for one row, as in-process
     `model.generate` does: the model then takes its one-row matmul path (`layers.Conv1D`),
@@ -65,14 +66,11 @@ def _default_generate_builder(model, max_new_tokens_cap: int, jit_compile: bool)
     """
     from tfdialogpt.generation.engine import GENERATE_INPUTS, make_generate_fn
 
-    # The model's own n-gram ban is static (it shapes the graph), so the export bakes it in.
-    ngram = model.generation_config.no_repeat_ngram_size
-
     def build(batch_size):
         return make_generate_fn(
             model,
-            max_new_tokens=max_new_tokens_cap,
-            no_repeat_ngram_size=ngram,
+            max_new_tokens=limits.max_new_tokens_cap,
+            max_no_repeat_ngram_size=limits.max_no_repeat_ngram_size,
             jit_compile=jit_compile,
             per_row=True,
             batch_size=batch_size,
@@ -235,9 +233,9 @@ class ServingModule(tf.Module):
         self.text = text
         self.limits = limits
         make_generate = make_generate or _default_generate_builder
-        decoders = {False: make_generate(model, limits.max_new_tokens_cap, False)}
+        decoders = {False: make_generate(model, limits, False)}
         if include_xla:
-            decoders[True] = make_generate(model, limits.max_new_tokens_cap, True)
+            decoders[True] = make_generate(model, limits, True)
         self._decoders = decoders
         defaults = {  # [1]: one value for every row of a request
             name: tf.constant([chat_defaults[name]], tf.as_dtype(parameter.spec.np_dtype))

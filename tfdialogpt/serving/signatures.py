@@ -20,7 +20,7 @@ This module needs only numpy: a client machine imports it without TensorFlow.
 
 Example:
     >>> GENERATE.input_names[:3], GENERATE.input_names[-1]
-    (('input_ids', 'attention_mask', 'max_new_tokens'), 'do_sample')
+    (('input_ids', 'attention_mask', 'max_new_tokens'), 'no_repeat_ngram_size')
     >>> SIGNATURES["score"].output_names
     ('log_probs', 'num_tokens')
 """
@@ -58,6 +58,8 @@ METADATA_FORMAT = 1
 
 # Export defaults.
 DEFAULT_MAX_NEW_TOKENS_CAP = 64  # the decoding buffer every generate call preallocates
+# The largest no_repeat_ngram_size served: the in-graph ban compares this many - 1 positions per step.
+DEFAULT_MAX_NO_REPEAT_NGRAM_SIZE = 8
 # Clients left-pad prompts to one of `tfdialogpt.padding`'s buckets, as `model.generate` does,
 # so the XLA signature compiles once per bucket and answers equal in-process `generate`.
 # Clients send `turns` with a bucketed number of slots ("" after the last turn), so chat
@@ -334,10 +336,15 @@ class Limits:
     cache_bytes_per_position: int  # a row's KV cache per position: 2 x layers x hidden x dtype bytes
     max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP
     warmup_prompt_lengths: tuple[int, ...] = DEFAULT_WARMUP_PROMPT_LENGTHS
+    max_no_repeat_ngram_size: int = DEFAULT_MAX_NO_REPEAT_NGRAM_SIZE  # built into the decoding graph
 
     def highs(self) -> dict[str, int]:
         """The upper ends this export puts on settings whose range is open above."""
-        return {"max_new_tokens": self.max_new_tokens_cap, "top_k": self.vocab_size}
+        return {
+            "max_new_tokens": self.max_new_tokens_cap,
+            "top_k": self.vocab_size,
+            "no_repeat_ngram_size": self.max_no_repeat_ngram_size,
+        }
 
     def to_json_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
