@@ -232,9 +232,12 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--dropout", type=float, default=0.0, help="embedding, attention and residual dropout")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=positive(int), default=2)
     parser.add_argument(
-        "--reverse-epochs", type=float, default=0.5, help="the reverse model's epochs (a fraction: that share of one)"
+        "--reverse-epochs",
+        type=positive(float),
+        default=0.5,
+        help="the reverse model's epochs (a fraction: that share of one)",
     )
     parser.add_argument(
         "--reverse-from",
@@ -400,6 +403,21 @@ def write_report(report: dict, started: float, output: Path) -> int:
     report["build_seconds"] = round(time.time() - started)
     (output / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report["bytes"]
+
+
+def positive(kind):
+    """An argparse type: a finite number of `kind` above 0 (a bad one exits 2 with one line)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
+        return value
+
+    return parse
 
 
 def package_bytes(output: Path) -> int:

@@ -109,3 +109,15 @@ def test_reported_validation_perplexity_is_reproduced(default_model):
     )
     assert backwards["perplexity"] == pytest.approx(reverse_report["check"]["perplexity"], rel=1e-4)
     assert backwards["perplexity"] < 1000  # trained: a random model scores about its vocabulary size
+
+
+@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--reverse-epochs", "-1"), ("--reverse-epochs", "nan")])
+def test_build_script_refuses_training_lengths_that_are_not_positive(flag, value, capsys, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import build_default_model as build
+
+    with pytest.raises(SystemExit) as exited:
+        build.main(["--output", str(tmp_path / "out"), flag, value])
+    assert exited.value.code == 2
+    assert f"{flag}: '{value}' must be a finite number above 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
